@@ -1,0 +1,66 @@
+"""Seeded, stratified assignment of images to train/val/test."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from petlab.errors import PetlabError
+
+SPLITS = ("official", "random")
+
+
+def stratified_assign(labels: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Give each row one of ``fractions``' names, class by class, in the given proportions.
+
+    Each class is shuffled with the seed and cut at the rounded cumulative fractions, so every split keeps
+    the class balance and the same seed always gives the same assignment.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(fractions)
+    cumulative = np.cumsum([fractions[name] for name in names])
+    assigned = pd.Series("", index=labels.index, dtype=object)
+    for label in sorted(labels.unique()):
+        members = labels.index[labels == label].to_numpy()
+        members = members[rng.permutation(len(members))]
+        cuts = np.round(cumulative * len(members)).astype(int)
+        for name, start, stop in zip(names, np.r_[0, cuts[:-1]], cuts, strict=True):
+            assigned[members[start:stop]] = name
+    return assigned
+
+
+def assign_splits(
+    index: pd.DataFrame, label_column: str, split: str, val_fraction: float, test_fraction: float, seed: int
+) -> pd.Series:
+    """The split ("train", "val", "test" or "" for unused) of every row of ``index``."""
+    if split not in SPLITS:
+        raise PetlabError(f"unknown data.split={split!r}: choose one of {', '.join(SPLITS)}")
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise PetlabError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be fractions "
+            "in [0, 1) that leave room for training, e.g. 0.15 and 0.15"
+        )
+    labels = index[label_column]
+    result = pd.Series("", index=index.index, dtype=object)
+    if split == "random":
+        fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+        return stratified_assign(labels, fractions, seed)
+    trainval = index["official_split"] == "trainval"
+    if not trainval.any():
+        raise PetlabError(
+            "data.split=official needs annotations/trainval.txt naming the images; "
+            "use data.split=random for a dataset without the official split files"
+        )
+    result[trainval] = stratified_assign(
+        labels[trainval], {"train": 1 - val_fraction, "val": val_fraction}, seed
+    )
+    result[index["official_split"] == "test"] = "test"
+    return result
+
+
+def split_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Counts of images per value of ``columns`` (rows) and split (columns), with totals."""
+    table = pd.crosstab([frame[c] for c in columns], frame["split"], margins=True, margins_name="total")
+    return table
