@@ -1,0 +1,34 @@
+"""Models by name: ``create_model("resnet34", num_classes=2, image_size=128)``. Add one with a new entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from petlab.errors import PetlabError
+from petlab.models.cnn import build_cnn
+from petlab.models.resnet import build_resnet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": build_cnn,
+    "resnet34": partial(build_resnet, "resnet34"),
+    "resnet50": partial(build_resnet, "resnet50"),
+}
+
+
+def create_model(name: str, num_classes: int, image_size: int, **options: Any) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes at ``image_size`` px."""
+    if name not in MODELS:
+        raise PetlabError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name](num_classes=num_classes, image_size=image_size, **options)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total and trainable parameter counts."""
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }

@@ -1,0 +1,85 @@
+"""torchvision ResNets with the notebook's classifier head, from ImageNet weights, a local file or scratch."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+from petlab.errors import PetlabError
+
+WEIGHTS = {
+    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": models.ResNet50_Weights.IMAGENET1K_V2,
+}
+MIN_IMAGE_SIZE = 32  # five stride-2 stages: below this the last stage sees less than one pixel
+
+
+def _imagenet_backbone(arch: str) -> nn.Module:
+    weights = WEIGHTS[arch]
+    try:
+        return getattr(models, arch)(weights=weights)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise PetlabError(
+            f"could not download ImageNet weights for {arch} ({error.__class__.__name__}: {error}); "
+            f"without a network, fetch {weights.url} elsewhere and pass model.weights_path=FILE, "
+            "or train from scratch with model.pretrained=false"
+        ) from error
+
+
+def _load_state_dict(backbone: nn.Module, arch: str, weights_path: str | Path) -> None:
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise PetlabError(f"model.weights_path={path} does not exist: give a file saved with torch.save")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise PetlabError(f"model.weights_path={path} is not a torch state dict ({error})") from error
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise PetlabError(f"model.weights_path={path} holds a {type(state).__name__}, not a state dict")
+    # The ImageNet classifier ("fc.") does not fit our head; everything else must match exactly.
+    backbone_state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    expected = {key for key in backbone.state_dict() if not key.startswith("fc.")}
+    shapes_match = all(
+        backbone.state_dict()[key].shape == value.shape
+        for key, value in backbone_state.items()
+        if key in expected
+    )
+    if set(backbone_state) != expected or not shapes_match:
+        raise PetlabError(
+            f"model.weights_path={path} is not a {arch} state dict (its keys or shapes differ); "
+            f"use weights saved from torchvision.models.{arch}"
+        )
+    backbone.load_state_dict(backbone_state, strict=False)
+
+
+def build_resnet(
+    arch: str,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    hidden: int = 512,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """A torchvision ``arch`` whose ``fc`` is Linear(hidden), ReLU, Dropout, Linear(classes)."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise PetlabError(f"model={arch} needs data.image_size >= {MIN_IMAGE_SIZE}, got {image_size}")
+    if weights_path:
+        backbone = getattr(models, arch)(weights=None)
+        _load_state_dict(backbone, arch, weights_path)
+    elif pretrained:
+        backbone = _imagenet_backbone(arch)
+    else:
+        backbone = getattr(models, arch)(weights=None)
+    backbone.fc = nn.Sequential(
+        nn.Linear(backbone.fc.in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+    return backbone

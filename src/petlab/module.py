@@ -1,0 +1,111 @@
+"""The LightningModule: one image classifier for either task, with per-stage torchmetrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from petlab.models import create_model, parameter_counts
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class PetClassifier(L.LightningModule):
+    """Classifies images into ``class_names`` with the model ``arch`` built by :func:`create_model`.
+
+    The class names, image size and normalisation are saved as hyperparameters, so a checkpoint carries
+    everything needed to predict on new images.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        class_names: Sequence[str],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        net: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.class_names = list(class_names)
+        self.net = create_model(arch, num_classes=len(class_names), image_size=image_size, **(net or {}))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        num_classes = len(class_names)
+        # Keyed "train_acc", not "train": a ModuleDict key may not shadow nn.Module.train.
+        self.stage_metrics = nn.ModuleDict()
+        for stage in ("train", "val", "test"):
+            self.stage_metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro")
+            self.stage_metrics[f"{stage}_loss"] = MeanMetric()
+        # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
+        self.register_buffer("val_acc_best", torch.tensor(-1.0))
+        self.register_buffer("best_epoch_buffer", torch.tensor(-1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return parameter_counts(self.net)
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation already; its batches must not count.
+        self.stage_metrics["val_acc"].reset()
+        self.stage_metrics["val_loss"].reset()
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        mean_loss, accuracy = self.stage_metrics[f"{stage}_loss"], self.stage_metrics[f"{stage}_acc"]
+        mean_loss(loss, weight=len(targets))
+        accuracy(logits, targets)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        if stage == "train":
+            self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        accuracy = self.stage_metrics["val_acc"].compute()
+        if accuracy > self.val_acc_best:
+            self.val_acc_best.fill_(accuracy)
+            self.best_epoch_buffer.fill_(self.current_epoch)
+        self.log("val/acc_best", self.val_acc_best, prog_bar=True)
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch (0-based) with the highest validation accuracy so far; -1 before any."""
+        return int(self.best_epoch_buffer)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        factory = self.optimizer_factory or torch.optim.AdamW
+        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(
+            optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,30 @@
+"""Learning-rate schedules with one signature, ``(optimizer, total_steps) -> scheduler``, stepped per batch.
+
+Configs give them with ``_partial_: true``; the module fills in ``total_steps`` once the trainer knows it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+
+def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -> LRScheduler:
+    """Warm up to each parameter group's configured lr, then anneal to near zero (fastai's default)."""
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr=peaks, total_steps=max(1, total_steps), pct_start=pct_start)
+
+
+def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05) -> LRScheduler:
+    """Linear warm-up over ``warmup_fraction`` of training, then cosine decay to zero."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return LambdaLR(optimizer, factor)
