@@ -1,0 +1,50 @@
+"""The real configs, composed with Hydra, train every task x model pair on generated data."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from petlab.errors import PetlabError
+from petlab.train import train, user_error
+
+PAIRS = [(task, model) for task in ("species", "breed") for model in ("cnn", "resnet34", "resnet50")]
+
+
+@pytest.mark.parametrize(("task", "model"), PAIRS)
+def test_fast_dev_run_for_every_task_and_model(make_cfg, task: str, model: str):
+    overrides = [f"task={task}", f"model={model}", "trainer.fast_dev_run=true"]
+    if model != "cnn":
+        overrides.append("model.net.pretrained=false")
+    cfg = make_cfg(overrides)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val/acc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert written["val/acc"] == metrics["val/acc"] and written["task"] == task and written["model"] == model
+
+
+def test_a_short_run_writes_checkpoints_events_and_metrics(make_cfg):
+    cfg = make_cfg(["model=cnn", "trainer.max_epochs=2", "trainer.limit_train_batches=3"])
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt"}
+    assert Path(metrics["best_checkpoint"]).is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] in (0, 1)
+    assert set(metrics) >= {"val/acc", "val/loss", "val/acc_best", "train/loss", "test/acc"}
+
+
+def test_breed_classes_are_the_breeds_present(make_cfg):
+    datamodule = instantiate(make_cfg(["task=breed"]).data, _convert_="all")
+    datamodule.setup("fit")
+    assert len(datamodule.class_names) == 37 and datamodule.class_names[0] == "Abyssinian"
+
+
+def test_a_missing_dataset_says_where_it_looked_and_what_to_do(make_cfg, tmp_path: Path):
+    cfg = make_cfg(["model=cnn", f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(Exception) as raised:
+        train(cfg)
+    problem = user_error(raised.value)
+    assert isinstance(problem, PetlabError)
+    assert str(tmp_path / "nowhere") in str(problem) and "data=sample" in str(problem)
