@@ -1,27 +1,30 @@
-"""The LightningDataModule for Oxford-IIIT Pet (and anything in its layout, such as the generated sample)."""
+"""The LightningDataModule for Oxford-IIIT Pet, anything in its layout, and folder-per-class datasets."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from petlab.data.download import download_dataset
 from petlab.data.index import build_index
-from petlab.data.splits import assign_splits, split_counts
+from petlab.data.report import DataReport
+from petlab.data.splits import assign_splits
+from petlab.data.stats import channel_stats
 from petlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
+from petlab.data.upsample import UPSAMPLING, SyntheticMinority, balanced_sampler
 from petlab.errors import PetlabError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("species", "breed")
-NORMALIZATIONS = ("imagenet",)
+NORMALIZATIONS = ("imagenet", "dataset")
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
@@ -33,96 +36,133 @@ def resolve_num_workers(num_workers: int | str) -> int:
     return num_workers
 
 
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise PetlabError(f"unknown {name}={value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
 class PetDataModule(L.LightningDataModule):
-    """Indexes the dataset, derives labels for ``task`` from file names, splits, and serves loaders."""
+    """Indexes the dataset, labels it for ``task``, splits, balances, normalises and serves loaders.
+
+    ``layout="pets"`` reads the Oxford-IIIT Pet layout and labels images from their file names;
+    ``layout="folder"`` reads ``root/[train|val|test/]CLASS/*.jpg`` and labels images by their folder.
+    """
 
     def __init__(
         self,
         root: str | Path,
         task: str = "species",
+        layout: str = "pets",
         image_size: int = 128,
         batch_size: int = 32,
         num_workers: int | str = "auto",
         split: str = "official",
-        val_fraction: float = 0.2,
+        val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
+        upsample: str = "none",
         normalize: str = "imagenet",
         augment: dict[str, Any] | None = None,
+        download: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise PetlabError(f"unknown task {task!r}: choose task=species or task=breed")
-        if normalize not in NORMALIZATIONS:
-            raise PetlabError(
-                f"unknown data.normalize={normalize!r}: choose one of {', '.join(NORMALIZATIONS)}"
-            )
+        self.task = _choice("task", task, TASKS)
+        self.layout = _choice("data.layout", layout, ("pets", "folder"))
+        self.upsample = _choice("data.upsample", upsample, UPSAMPLING)
+        self.normalize = _choice("data.normalize", normalize, NORMALIZATIONS)
         if image_size < 16 or batch_size < 1:
             raise PetlabError(f"data.image_size={image_size} and data.batch_size={batch_size} are too small")
+        if download and layout != "pets":
+            raise PetlabError("data.download=true fetches Oxford-IIIT Pet; it needs data.layout=pets")
         self.root = Path(root).expanduser()
-        self.task = task
-        self.image_size = image_size
-        self.batch_size = batch_size
+        self.image_size, self.batch_size = image_size, batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.split, self.val_fraction, self.test_fraction = split, val_fraction, test_fraction
         self.seed = seed
-        self.normalize = normalize
         self.augment = dict(augment or {})
+        self.download = download
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.frame: pd.DataFrame | None = None
+        self.report: DataReport | None = None
         self.class_names: list[str] = []
-        self.mean: Sequence[float] = IMAGENET_MEAN
-        self.std: Sequence[float] = IMAGENET_STD
-        self.datasets: dict[str, ImageDataset] = {}
+        self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.download:
+            download_dataset(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
-        index = build_index(self.root, self.cache_dir)
+        index = build_index(self.root, self.cache_dir, self.layout)
         frame = index[index["readable"]].copy()
-        for row in index[~index["readable"]].itertuples():
-            log.warning(f"skipping {Path(row.path).name}: {row.problem}")
+        skipped = index.loc[~index["readable"], ["name", "problem"]]
+        for row in skipped.itertuples():
+            log.warning(f"skipping {row.name}: {row.problem}")
         if frame.empty:
-            raise PetlabError(f"no readable BREED_NUMBER.jpg images in {self.root / 'images'}")
-        self.class_names = sorted(frame[self.task].unique())
+            raise PetlabError(f"no readable images in {self.root}")
+        if self.layout == "pets":
+            frame["label"] = frame[self.task]
+        self.class_names = sorted(frame["label"].unique())
         if len(self.class_names) < 2:
-            raise PetlabError(
-                f"task={self.task} needs at least two classes, but {self.root} only has {self.class_names}"
-            )
-        frame["target"] = frame[self.task].map({name: i for i, name in enumerate(self.class_names)})
-        frame["split"] = assign_splits(
-            frame, self.task, self.split, self.val_fraction, self.test_fraction, self.seed
-        )
+            raise PetlabError(f"{self.root} has only one class ({self.class_names[0]}); a classifier needs two")
+        frame["target"] = frame["label"].map({name: i for i, name in enumerate(self.class_names)})
+        frame["split"] = assign_splits(frame, "label", self.split, self.val_fraction, self.test_fraction, self.seed)
+        unused = int((frame["split"] == "").sum())
         frame = frame[frame["split"] != ""]
         if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
             raise PetlabError(f"{self.root} has too few images for a train and a validation split")
+        train = frame[frame["split"] == "train"]
+        if self.normalize == "dataset":
+            self.mean, self.std = channel_stats(
+                train["path"].tolist(), self.image_size, self.num_workers, self.cache_dir,
+                key=index.attrs.get("fingerprint", ""),
+            )  # fmt: skip
+            log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
         self.frame = frame
-        log.info("Images per species and split:\n%s", split_counts(frame, ["species"]).to_string())
-        self.datasets = {
-            name: ImageDataset(
-                part["path"], part["target"],
-                build_transform(self.image_size, self.mean, self.std, train=name == "train", **self.augment),
-            )
-            for name, part in frame.groupby("split")
-        }  # fmt: skip
+        self.datasets = {name: self._dataset(part, train=name == "train") for name, part in frame.groupby("split")}
+        synthetic: dict[str, int] = {}
+        if self.upsample == "synthetic":
+            extra = SyntheticMinority(train, self.seed, self.image_size, self._transform(train=True))
+            self.datasets["train"] = ConcatDataset([self.datasets["train"], extra])
+            synthetic = pd.Series([self.class_names[t] for _, t in extra.sources]).value_counts().to_dict()
+        notes = [f"{unused} images are in no split of data.split={self.split} and are not used."] if unused else []
+        if self.upsample != "none":
+            notes.append(f"data.upsample={self.upsample}: training classes balanced to the largest class.")
+        self.report = DataReport.build(frame, skipped, synthetic, notes)
+        log.info(self.report.text())
+
+    def _transform(self, train: bool):
+        return build_transform(self.image_size, self.mean, self.std, train=train, **self.augment)
+
+    def _dataset(self, part: pd.DataFrame, train: bool) -> ImageDataset:
+        return ImageDataset(part["path"].tolist(), part["target"].tolist(), self._transform(train))
 
     @property
     def has_test(self) -> bool:
         return "test" in self.datasets
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Persistent workers keep their RNG across epochs; on CPU they are restarted so that each
+            # epoch is reseeded (exact resume), on GPU the start-up time matters more.
+            persistent_workers=self.num_workers > 0 and torch.cuda.is_available(),
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        sampler = None
+        if self.upsample == "weighted":
+            sampler = balanced_sampler(self.datasets["train"].targets, self.seed)
+        return self._loader("train", shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -23,9 +23,9 @@ from petlab.errors import PetlabError
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["path", "name", "species", "breed", "official_split", "width", "height", "mode", "readable",
-                 "problem"]  # fmt: skip
-INDEX_VERSION = 1
+INDEX_COLUMNS = ["path", "name", "species", "breed", "label", "official_split", "width", "height", "mode",
+                 "readable", "problem"]  # fmt: skip
+INDEX_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -86,72 +86,112 @@ def inspect_image(path: Path) -> tuple[int, int, str, str]:
         return 0, 0, "", f"cannot decode: {error}"
 
 
-def _fingerprint(files: list[os.DirEntry], annotations: Path) -> str:
+LAYOUTS = ("pets", "folder")
+SPLIT_FOLDERS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def _fingerprint(files: list[Path]) -> str:
     digest = hashlib.sha1(str(INDEX_VERSION).encode())
-    extra = sorted(annotations.glob("*.txt")) if annotations.is_dir() else []
-    for entry in sorted(files, key=lambda e: e.name):
-        stat = entry.stat()
-        digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    for path in extra:
+    for path in sorted(files):
         stat = path.stat()
-        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _scan(root: Path, files: list[os.DirEntry]) -> pd.DataFrame:
+def _row(path: Path, name: str, problem: str, **labels: str) -> dict:
+    width, height, mode = 0, 0, ""
+    if not problem:
+        width, height, mode, problem = inspect_image(path)
+    row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
+    row.update(labels)
+    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem}
+
+
+def _scan_pets(root: Path, files: list[Path]) -> pd.DataFrame:
     annotations = read_annotations(root)
     for problem in annotations.problems:
         log.warning(problem)
     rows = []
-    for entry in track(sorted(files, key=lambda e: e.name), description="Indexing images", transient=True):
-        path = Path(entry.path)
-        name, suffix = path.stem, path.suffix.lower()
-        breed = breed_of(name)
-        if suffix not in (".jpg", ".jpeg", ".png"):
-            width, height, mode, problem = 0, 0, "", f"not an image file ({suffix or 'no extension'})"
-        elif breed is None:
-            width, height, mode, problem = 0, 0, "", "name is not BREED_NUMBER"
-        else:
-            width, height, mode, problem = inspect_image(path)
+    for path in track(sorted(files), description="Indexing images", transient=True):
+        name, breed = path.stem, breed_of(path.stem)
+        if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            rows.append(_row(path, name, f"not an image file ({path.suffix or 'no extension'})"))
+            continue
+        if breed is None:
+            rows.append(_row(path, name, "name is not BREED_NUMBER"))
+            continue
         listed = annotations.species.get(name)
-        if breed is not None and listed is not None and listed != species_of(name) and not problem:
-            log.warning(
-                f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name"
-            )
-        rows.append({
-            "path": str(path), "name": name, "species": species_of(name) if breed else "",
-            "breed": breed or "", "official_split": annotations.split.get(name, ""),
-            "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem,
-        })  # fmt: skip
-    missing = sorted(set(annotations.split) - {row["name"] for row in rows})
+        if listed is not None and listed != species_of(name):
+            log.warning(f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name")
+        rows.append(_row(path, name, "", species=species_of(name), breed=breed,
+                         official_split=annotations.split.get(name, "")))  # fmt: skip
+    present = {row["name"] for row in rows}
+    missing = sorted(set(annotations.split) - present)
     if missing:
-        log.warning(
-            f"{len(missing)} images named in trainval.txt/test.txt are not in images/, e.g. {missing[0]}"
-        )
+        log.warning(f"{len(missing)} images named in trainval.txt/test.txt are not in images/, e.g. {missing[0]}")
+    unlisted = sorted(present - set(annotations.species)) if annotations.species else []
+    if unlisted:
+        log.info(f"{len(unlisted)} images have no row in list.txt (labelled from their names), e.g. {unlisted[0]}")
     return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
-def build_index(root: Path, cache_dir: Path | None = None) -> pd.DataFrame:
-    """Index ``root/images`` (cached under ``cache_dir`` when given, never inside ``root``)."""
+def _scan_folder(root: Path, files: list[Path]) -> pd.DataFrame:
+    has_val = (root / "val").is_dir()
+    rows = []
+    for path in track(sorted(files), description="Indexing images", transient=True):
+        parts = path.relative_to(root).parts
+        if len(parts) == 3 and parts[0] in SPLIT_FOLDERS:
+            split = "trainval" if parts[0] == "train" and not has_val else parts[0]
+            label = parts[1]
+        elif len(parts) == 2 and parts[0] not in SPLIT_FOLDERS:
+            split, label = "", parts[0]
+        else:
+            rows.append(_row(path, path.stem, "not in a CLASS/ or SPLIT/CLASS/ folder"))
+            continue
+        problem = "" if path.suffix.lower() in IMAGE_SUFFIXES else f"not an image file ({path.suffix})"
+        rows.append(_row(path, path.stem, problem, label=label, official_split=split))
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+
+
+def build_index(root: Path, cache_dir: Path | None = None, layout: str = "pets") -> pd.DataFrame:
+    """Index a dataset (cached under ``cache_dir`` when given, never inside ``root``).
+
+    ``layout="pets"``: ``root/images/BREED_N.jpg`` and ``root/annotations/`` as released.
+    ``layout="folder"``: ``root/SPLIT/CLASS/*.jpg`` (SPLIT is train, val or test) or ``root/CLASS/*.jpg``.
+    ``frame.attrs["fingerprint"]`` identifies the files indexed.
+    """
+    if layout not in LAYOUTS:
+        raise PetlabError(f"unknown data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
     root = Path(root).expanduser().resolve()
-    images = root / "images"
+    images = root / "images" if layout == "pets" else root
     if not images.is_dir():
-        raise PetlabError(missing_dataset_message(root))
-    files = [entry for entry in os.scandir(images) if entry.is_file()]
+        raise PetlabError(missing_dataset_message(root) if layout == "pets" else f"no dataset folder at {root}")
+    if layout == "pets":
+        files = [Path(e.path) for e in os.scandir(images) if e.is_file()]
+        annotations = root / "annotations"
+        fingerprinted = files + (sorted(annotations.glob("*.txt")) if annotations.is_dir() else [])
+    else:
+        files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        fingerprinted = files
     if not files:
-        raise PetlabError(f"{images} is empty: it should hold the dataset's BREED_NUMBER.jpg files")
-    fingerprint = _fingerprint(files, root / "annotations")
+        raise PetlabError(f"{images} is empty: it should hold the dataset's images")
+    fingerprint = _fingerprint(fingerprinted)
     cached = None
     if cache_dir is not None:
-        cached = Path(cache_dir) / "index" / hashlib.sha1(str(root).encode()).hexdigest()[:16]
+        cached = Path(cache_dir) / "index" / hashlib.sha1(f"{layout}:{root}".encode()).hexdigest()[:16]
         meta = cached.with_suffix(".json")
         if meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fingerprint:
-            frame = pd.read_csv(cached.with_suffix(".csv"), keep_default_na=False)
-            return frame.astype({"readable": bool})
-    frame = _scan(root, files)
+            frame = pd.read_csv(cached.with_suffix(".csv"), keep_default_na=False, dtype={"name": str})
+            frame = frame.astype({"readable": bool})
+            frame.attrs["fingerprint"] = fingerprint
+            return frame
+    frame = _scan_pets(root, files) if layout == "pets" else _scan_folder(root, files)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(cached.with_suffix(".csv.tmp"), index=False)
-        os.replace(cached.with_suffix(".csv.tmp"), cached.with_suffix(".csv"))
+        partial = cached.parent / f"{cached.name}.csv.partial"
+        frame.to_csv(partial, index=False)
+        os.replace(partial, cached.with_suffix(".csv"))
         cached.with_suffix(".json").write_text(json.dumps({"root": str(root), "fingerprint": fingerprint}))
+    frame.attrs["fingerprint"] = fingerprint
     return frame

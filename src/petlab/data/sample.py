@@ -101,17 +101,11 @@ def draw_pet(breed: str, number: int, size: int, seed: int) -> Image.Image:
     else:
         for side in (-1, 1):
             ex = cx + side * radius * 0.95
-            shape.ellipse(
-                [ex - radius * 0.3, cy - radius * 0.6, ex + radius * 0.3, cy + radius * 0.7], fill=255
-            )
-        shape.ellipse(
-            [cx - radius * 0.45, cy + radius * 0.2, cx + radius * 0.45, cy + radius * 1.15], fill=255
-        )
+            shape.ellipse([ex - radius * 0.3, cy - radius * 0.6, ex + radius * 0.3, cy + radius * 0.7], fill=255)
+        shape.ellipse([cx - radius * 0.45, cy + radius * 0.2, cx + radius * 0.45, cy + radius * 1.15], fill=255)
 
     image.paste(fur_rgb, mask=pet)
-    texture_mask = Image.fromarray(
-        np.minimum(np.asarray(_texture_mask(size, texture, angle, rng)), np.asarray(pet))
-    )
+    texture_mask = Image.fromarray(np.minimum(np.asarray(_texture_mask(size, texture, angle, rng)), np.asarray(pet)))
     image.paste(dark_rgb, mask=texture_mask)
     # Species-specific faces: cats have large yellow-green eyes and whiskers, dogs a big dark nose.
     cat = species_of(breed) == "cat"
@@ -130,9 +124,7 @@ def draw_pet(breed: str, number: int, size: int, seed: int) -> Image.Image:
                 )
     if not cat:
         nose = radius * 0.22
-        draw.ellipse(
-            [cx - nose, cy + radius * 0.45, cx + nose, cy + radius * 0.45 + nose * 1.4], fill=(15, 10, 10)
-        )
+        draw.ellipse([cx - nose, cy + radius * 0.45, cx + nose, cy + radius * 0.45 + nose * 1.4], fill=(15, 10, 10))
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.6)))
     pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

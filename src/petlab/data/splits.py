@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 
@@ -12,21 +10,34 @@ from petlab.errors import PetlabError
 SPLITS = ("official", "random")
 
 
+def _split_sizes(size: int, fractions: np.ndarray) -> np.ndarray:
+    """Largest-remainder sizes for one class; a split asked for gets at least one image when possible."""
+    exact = fractions * size
+    sizes = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - sizes), kind="stable")[: size - sizes.sum()]:
+        sizes[i] += 1
+    if size >= np.count_nonzero(fractions):
+        for i in np.flatnonzero((fractions > 0) & (sizes == 0)):
+            sizes[i] += 1
+            sizes[np.argmax(sizes)] -= 1
+    return sizes
+
+
 def stratified_assign(labels: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
     """Give each row one of ``fractions``' names, class by class, in the given proportions.
 
-    Each class is shuffled with the seed and cut at the rounded cumulative fractions, so every split keeps
-    the class balance and the same seed always gives the same assignment.
+    Each class is shuffled with the seed and cut by its split sizes, so every split keeps the class
+    balance and the same seed always gives the same assignment.
     """
     rng = np.random.default_rng(seed)
     names = list(fractions)
-    cumulative = np.cumsum([fractions[name] for name in names])
+    wanted = np.array([fractions[name] for name in names])
     assigned = pd.Series("", index=labels.index, dtype=object)
     for label in sorted(labels.unique()):
         members = labels.index[labels == label].to_numpy()
         members = members[rng.permutation(len(members))]
-        cuts = np.round(cumulative * len(members)).astype(int)
-        for name, start, stop in zip(names, np.r_[0, cuts[:-1]], cuts, strict=True):
+        stops = np.cumsum(_split_sizes(len(members), wanted))
+        for name, start, stop in zip(names, np.r_[0, stops[:-1]], stops, strict=True):
             assigned[members[start:stop]] = name
     return assigned
 
@@ -53,14 +64,6 @@ def assign_splits(
             "data.split=official needs annotations/trainval.txt naming the images; "
             "use data.split=random for a dataset without the official split files"
         )
-    result[trainval] = stratified_assign(
-        labels[trainval], {"train": 1 - val_fraction, "val": val_fraction}, seed
-    )
+    result[trainval] = stratified_assign(labels[trainval], {"train": 1 - val_fraction, "val": val_fraction}, seed)
     result[index["official_split"] == "test"] = "test"
     return result
-
-
-def split_counts(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Counts of images per value of ``columns`` (rows) and split (columns), with totals."""
-    table = pd.crosstab([frame[c] for c in columns], frame["split"], margins=True, margins_name="total")
-    return table

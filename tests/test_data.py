@@ -1,0 +1,185 @@
+"""The data module on a dataset with the release's flaws, and everything it must never do."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REAL_SAMPLE, snapshot
+from petlab.data import PetDataModule
+from petlab.data.index import build_index
+from petlab.data.sample import generate_sample
+from petlab.data.transforms import load_rgb
+from petlab.errors import PetlabError
+
+
+def datamodule(root: Path, tmp_path: Path, **options) -> PetDataModule:
+    options = {"image_size": 32, "batch_size": 16, "num_workers": 0, "cache_dir": tmp_path / "cache", **options}
+    module = PetDataModule(root, **options)
+    module.setup("fit")
+    return module
+
+
+def test_every_flawed_file_is_read_as_rgb_or_skipped_with_a_reason(flawed_root: Path, tmp_path: Path, caplog):
+    with caplog.at_level(logging.WARNING):
+        index = build_index(flawed_root, tmp_path / "cache").set_index("name")
+    for name in ("Bengal_101", "Bengal_102", "Bengal_103", "Bengal_104"):
+        assert index.loc[name, "readable"], name
+        image = load_rgb(index.loc[name, "path"])
+        assert image.mode == "RGB" and np.asarray(image).shape[2] == 3
+    assert index.loc["Bengal_101", "mode"] == "P" and index.loc["Bengal_104", "mode"] == "CMYK"
+    assert "cannot decode" in index.loc["Bengal_105", "problem"]
+    assert "cannot decode" in index.loc["Bengal_106", "problem"]
+    assert "not an image file" in index.loc["Abyssinian_100", "problem"]
+    assert "malformed line" in caplog.text and "Bengal_999" in caplog.text
+    assert "list.txt says Bengal_102 is a dog" in caplog.text
+
+
+def test_unreadable_files_are_found_before_training_and_never_loaded(flawed_root: Path, tmp_path: Path, caplog):
+    with caplog.at_level(logging.WARNING):
+        module = datamodule(flawed_root, tmp_path)
+    assert "skipping Bengal_105" in caplog.text and "skipping Abyssinian_100" in caplog.text
+    names = set(module.frame["name"])
+    assert {"Bengal_101", "Bengal_104"} <= names and not {"Bengal_105", "Bengal_106", "Abyssinian_100"} & names
+    for split in ("train", "val", "test"):
+        for images, _ in getattr(module, f"{split}_dataloader")():
+            assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+    assert set(module.report.skipped["name"]) == {"Bengal_105", "Bengal_106", "Abyssinian_100"}
+
+
+def test_images_without_a_list_row_keep_their_file_name_labels(flawed_root: Path, tmp_path: Path):
+    listing = flawed_root / "annotations" / "list.txt"
+    listing.write_text("\n".join(line for line in listing.read_text().splitlines() if "Persian_1 " not in line))
+    frame = datamodule(flawed_root, tmp_path, task="breed").frame.set_index("name")
+    assert frame.loc["Persian_1", "label"] == "Persian" and frame.loc["Persian_1", "species"] == "cat"
+
+
+@pytest.mark.parametrize("split", ["official", "random"])
+def test_splits_are_disjoint_stratified_and_seeded(sample_root: Path, tmp_path: Path, split: str):
+    first = datamodule(sample_root, tmp_path, split=split, seed=3).frame
+    again = datamodule(sample_root, tmp_path, split=split, seed=3).frame
+    other = datamodule(sample_root, tmp_path, split=split, seed=4).frame
+    assert first["name"].is_unique
+    assert first.set_index("name")["split"].equals(again.set_index("name")["split"])
+    assert not first.set_index("name")["split"].equals(other.set_index("name")["split"])
+    counts = pd.crosstab(first["label"], first["split"])
+    assert (counts > 0).all().all()
+    if split == "official":
+        official = first.set_index("name")["official_split"]
+        assert (official[first.set_index("name")["split"] == "test"] == "test").all()
+    else:
+        fractions = first["split"].value_counts(normalize=True)
+        assert fractions["train"] == pytest.approx(0.70, abs=0.03)
+        assert fractions["test"] == pytest.approx(0.15, abs=0.03)
+
+
+def test_a_subset_of_breeds_is_the_label_space(tmp_path: Path):
+    root = generate_sample(tmp_path / "pets", per_breed=6, size=32)
+    for path in (root / "images").iterdir():
+        if not path.name.startswith(("Bengal", "beagle", "pug")):
+            path.unlink()
+    assert datamodule(root, tmp_path, task="breed").class_names == ["Bengal", "beagle", "pug"]
+
+
+def test_synthetic_upsampling_balances_species_from_training_cats_only(sample_root: Path, tmp_path: Path):
+    module = datamodule(sample_root, tmp_path, upsample="synthetic", seed=5)
+    train = module.frame[module.frame["split"] == "train"]
+    synthetic = module.datasets["train"].datasets[1]
+    counts = train["label"].value_counts()
+    assert len(synthetic) == counts["dog"] - counts["cat"]
+    assert {target for _, target in synthetic.sources} == {module.class_names.index("cat")}
+    train_cats = set(train.loc[train["label"] == "cat", "path"])
+    assert all(set(paths) == train_cats for paths, _ in synthetic.sources)
+    assert module.report.counts.loc["cat", "train"] + module.report.counts.loc["cat", "synthetic"] == counts["dog"]
+    again = datamodule(sample_root, tmp_path, upsample="synthetic", seed=5).datasets["train"].datasets[1]
+    assert np.array_equal(np.asarray(synthetic.image(3)), np.asarray(again.image(3)))
+    assert synthetic[0][0].shape == (3, 32, 32)
+
+
+def test_weighted_sampling_draws_classes_evenly(sample_root: Path, tmp_path: Path):
+    module = datamodule(sample_root, tmp_path, upsample="weighted")
+    targets = torch.cat([t for _, t in module.train_dataloader()])
+    assert 0.4 < targets.float().mean() < 0.6  # dogs are two thirds of the images, drawn half the time
+
+
+def test_dataset_normalisation_is_the_exact_training_split_statistic(sample_root: Path, tmp_path: Path):
+    module = datamodule(sample_root, tmp_path, normalize="dataset")
+    train_paths = module.frame.loc[module.frame["split"] == "train", "path"]
+    from torchvision.transforms import v2
+
+    resize = v2.Compose([v2.ToImage(), v2.Resize((32, 32), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+    pixels = torch.cat([resize(load_rgb(p)).reshape(3, -1) for p in train_paths], dim=1).double()
+    assert module.mean == pytest.approx(pixels.mean(dim=1).tolist(), abs=1e-5)
+    assert module.std == pytest.approx(pixels.std(dim=1, unbiased=False).tolist(), abs=1e-5)
+    assert list((tmp_path / "cache" / "stats").glob("*.json"))
+
+
+def test_the_index_is_cached_outside_the_dataset_and_rebuilt_when_files_change(flawed_root: Path, tmp_path: Path):
+    before = snapshot(flawed_root)
+    first = build_index(flawed_root, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "index").glob("*.csv"))) == 1
+    assert build_index(flawed_root, tmp_path / "cache").equals(first)
+    assert snapshot(flawed_root) == before
+    (flawed_root / "images" / "Bengal_2.jpg").unlink()
+    assert len(build_index(flawed_root, tmp_path / "cache")) == len(first) - 1
+
+
+def test_folder_datasets_use_their_split_folders_or_a_random_split(tmp_path: Path):
+    source = generate_sample(tmp_path / "pets", per_breed=8, size=32)
+    for split in ("train", "test"):
+        for animal in ("Bengal", "pug"):
+            folder = tmp_path / "folders" / split / animal.lower()
+            folder.mkdir(parents=True)
+            for n in range(1, 9):
+                if (n % 4 == 0) == (split == "test"):
+                    (folder / f"{n}.jpg").write_bytes((source / "images" / f"{animal}_{n}.jpg").read_bytes())
+    module = datamodule(tmp_path / "folders", tmp_path, layout="folder")
+    assert module.class_names == ["bengal", "pug"]
+    assert set(module.frame["split"]) == {"train", "val", "test"}
+    assert (module.frame.loc[module.frame["split"] == "test", "path"].str.contains("/test/")).all()
+    flat = datamodule(tmp_path / "folders" / "train", tmp_path, layout="folder", split="random")
+    assert set(flat.frame["split"]) == {"train", "val", "test"}
+
+
+def test_a_folder_dataset_with_one_class_is_refused(tmp_path: Path):
+    source = generate_sample(tmp_path / "pets", per_breed=4, size=32)
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    for path in list((source / "images").glob("Bengal_*.jpg")):
+        (tmp_path / "one" / "cats" / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(PetlabError, match="only one class"):
+        datamodule(tmp_path / "one", tmp_path, layout="folder", split="random")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"upsample": "smote"}, "data.upsample"),
+        ({"normalize": "minmax"}, "data.normalize"),
+        ({"split": "kfold"}, "data.split"),
+        ({"val_fraction": 1.2}, "val_fraction"),
+    ],
+)
+def test_impossible_options_are_one_line_errors(sample_root: Path, tmp_path: Path, options: dict, message: str):
+    with pytest.raises(PetlabError, match=message):
+        datamodule(sample_root, tmp_path, **options)
+
+
+def test_an_empty_dataset_directory_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(PetlabError, match="is empty"):
+        build_index(tmp_path / "empty")
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="the real 600-image sample is not beside this checkout")
+def test_the_real_release_sample_is_read_with_its_quirks(tmp_path: Path):
+    before = snapshot(REAL_SAMPLE)
+    index = build_index(REAL_SAMPLE, tmp_path / "cache").set_index("name")
+    assert int(index["readable"].sum()) == 600
+    assert (index.loc[~index["readable"], "problem"].str.startswith("not an image file")).sum() == 3
+    assert set(index.loc[index["readable"], "mode"]) >= {"RGB", "RGBA", "P"}
+    module = datamodule(REAL_SAMPLE, tmp_path, task="breed")
+    assert module.class_names == ["Abyssinian", "Bengal", "american_bulldog"]
+    assert snapshot(REAL_SAMPLE) == before
