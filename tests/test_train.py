@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import snapshot
 from petlab.errors import PetlabError
 from petlab.train import train, user_error
 
@@ -16,7 +18,7 @@ PAIRS = [(task, model) for task in ("species", "breed") for model in ("cnn", "re
 def test_fast_dev_run_for_every_task_and_model(make_cfg, task: str, model: str):
     overrides = [f"task={task}", f"model={model}", "trainer.fast_dev_run=true"]
     if model != "cnn":
-        overrides.append("model.net.pretrained=false")
+        overrides.append("model.pretrained=false")
     cfg = make_cfg(overrides)
     metrics = train(cfg)
     assert 0.0 <= metrics["val/acc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
@@ -48,3 +50,20 @@ def test_a_missing_dataset_says_where_it_looked_and_what_to_do(make_cfg, tmp_pat
     problem = user_error(raised.value)
     assert isinstance(problem, PetlabError)
     assert str(tmp_path / "nowhere") in str(problem) and "data=sample" in str(problem)
+
+
+def test_a_run_reports_the_data_and_never_touches_the_dataset(make_cfg, flawed_root: Path):
+    before = snapshot(flawed_root)
+    cfg = make_cfg([
+        "model=cnn", f"data.root={flawed_root}", "data.upsample=synthetic", "data.normalize=dataset",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    ])  # fmt: skip
+    train(cfg)
+    assert snapshot(flawed_root) == before
+    run = Path(cfg.paths.output_dir)
+    report = (run / "data_report.md").read_text()
+    assert "Bengal_105" in report and "| cat |" in report and "synthetic" in report
+    assert (run / "data_counts.csv").is_file() and (run / "data_skipped.csv").is_file()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    assert "data/images_per_class" in events.Tags()["images"]
+    assert any(tag.startswith("data/report") for tag in events.Tags()["tensors"])

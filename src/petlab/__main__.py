@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from petlab.config import config_dir, register_resolvers
+from petlab.config import config_dir, project_root, register_resolvers
+from petlab.errors import PetlabError
 
 register_resolvers()
 log = logging.getLogger("petlab")
@@ -24,8 +27,36 @@ def _route_lightning_logs_through_hydra() -> None:
     )
 
 
+def latest_checkpoint(runs_dir: Path) -> Path:
+    """``last.ckpt`` of the most recently written run under ``runs_dir``."""
+    candidates = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise PetlabError(f"ckpt_path=last: no run in {runs_dir} has checkpoints/last.ckpt to resume from")
+    return candidates[-1]
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """Make ``ckpt_path=last`` (or a run's checkpoint) continue that run in its own directory.
+
+    Hydra fixes the run directory before the job starts, so the checkpoint is resolved here, from the
+    command line, and ``hydra.run.dir`` is pointed at the run that holds it.
+    """
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("ckpt_path=")]
+    if not values or not values[-1] or values[-1] == "null" or {"-m", "--multirun"} & set(argv):
+        return argv
+    log_dirs = [arg.split("=", 1)[1] for arg in argv if arg.startswith("paths.log_dir=")]
+    runs_dir = Path(log_dirs[-1] if log_dirs else project_root() / "outputs") / "runs"
+    checkpoint = latest_checkpoint(runs_dir) if values[-1] == "last" else Path(values[-1]).expanduser().resolve()
+    if not checkpoint.is_file():
+        raise PetlabError(f"ckpt_path={values[-1]} does not exist: give a checkpoint file or ckpt_path=last")
+    arguments = [arg for arg in argv if not arg.startswith("ckpt_path=")] + [f"ckpt_path={checkpoint}"]
+    if checkpoint.parent.name == "checkpoints" and not any(a.startswith("hydra.run.dir=") for a in argv):
+        arguments.append(f"hydra.run.dir={checkpoint.parent.parent}")
+    return arguments
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train_job(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg` answer without loading torch.
     from petlab.train import train, user_error
 
@@ -41,6 +72,14 @@ def main(cfg: DictConfig) -> float | None:
             raise problem from None  # Hydra records the failed job and runs the others
         raise SystemExit(2) from None
     return metrics.get(cfg.get("optimized_metric"))
+
+
+def main() -> None:
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except PetlabError as error:
+        sys.exit(f"error: {error}")
+    train_job()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from petlab.models import create_model, parameter_counts
+from petlab.errors import PetlabError
+from petlab.models import create_model, layer_groups, parameter_counts
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -31,16 +32,36 @@ class PetClassifier(L.LightningModule):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        net: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        hidden: int = 512,
+        dropout: float = 0.5,
         label_smoothing: float = 0.0,
+        freeze_epochs: int = 0,
+        backbone_lr_factor: float = 1.0,
+        channels_last: bool | str = "auto",
+        compile: bool = False,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
+        if freeze_epochs < 0 or not 0 < backbone_lr_factor <= 1:
+            raise PetlabError(
+                f"model.freeze_epochs={freeze_epochs} must be >= 0 and model.backbone_lr_factor="
+                f"{backbone_lr_factor} in (0, 1]"
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.class_names = list(class_names)
-        self.net = create_model(arch, num_classes=len(class_names), image_size=image_size, **(net or {}))
+        self.net = create_model(
+            arch, num_classes=len(class_names), image_size=image_size, pretrained=pretrained,
+            weights_path=weights_path, hidden=hidden, dropout=dropout,
+        )  # fmt: skip
+        if compile:
+            self.net = torch.compile(self.net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.freeze_epochs = freeze_epochs
+        self.backbone_lr_factor = backbone_lr_factor
+        self.channels_last = channels_last
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         num_classes = len(class_names)
@@ -59,6 +80,26 @@ class PetClassifier(L.LightningModule):
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self.net)
 
+    def _groups(self) -> list[list[nn.Parameter]]:
+        net = getattr(self.net, "_orig_mod", self.net)  # under torch.compile
+        return layer_groups(net)
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        for group in self._groups()[:-1]:
+            for parameter in group:
+                parameter.requires_grad_(trainable)
+
+    def _uses_channels_last(self) -> bool:
+        return self.device.type == "cuda" if self.channels_last == "auto" else bool(self.channels_last)
+
+    def on_fit_start(self) -> None:
+        if self._uses_channels_last():
+            self.to(memory_format=torch.channels_last)
+
+    def on_train_epoch_start(self) -> None:
+        # fastai's fine_tune: the head alone for freeze_epochs, then everything (with discriminative lrs).
+        self.set_backbone_trainable(self.current_epoch >= self.freeze_epochs)
+
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its batches must not count.
         self.stage_metrics["val_acc"].reset()
@@ -66,6 +107,8 @@ class PetClassifier(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
+        if self._uses_channels_last():
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = self(images)
         loss = self.criterion(logits, targets)
         mean_loss, accuracy = self.stage_metrics[f"{stage}_loss"], self.stage_metrics[f"{stage}_acc"]
@@ -100,12 +143,20 @@ class PetClassifier(L.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """One optimizer group per layer group; the lr grows geometrically from lr x backbone_lr_factor at
+        the input to lr at the head (discriminative learning rates; all equal when the factor is 1)."""
+        groups = self._groups()
+        steps = max(1, len(groups) - 1)
+        return [
+            {"params": params, "lr": lr * self.backbone_lr_factor ** ((steps - i) / steps)}
+            for i, params in enumerate(groups)
+        ]
+
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory or torch.optim.AdamW
-        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = factory(params=self.parameter_groups(getattr(factory, "keywords", {}).get("lr", 1e-3)))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
 
 from petlab.config import flatten
@@ -33,6 +36,7 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def build(cfg: DictConfig) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
     """Instantiate the data module (set up, so the classes are known), the module and the trainer."""
     datamodule: PetDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
     datamodule.setup("fit")
     model: PetClassifier = instantiate(
         cfg.model,
@@ -50,12 +54,54 @@ def build(cfg: DictConfig) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
     return datamodule, model, trainer
 
 
+def check_before_fit(cfg: DictConfig, model: PetClassifier, trainer: L.Trainer) -> None:
+    """Impossible combinations, refused before any training starts."""
+    if model.freeze_epochs and not trainer.fast_dev_run and model.freeze_epochs >= trainer.max_epochs:
+        raise PetlabError(
+            f"model.freeze_epochs={model.freeze_epochs} leaves no epoch to train the whole network with "
+            f"trainer.max_epochs={trainer.max_epochs}: make freeze_epochs smaller than max_epochs"
+        )
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise PetlabError(f"ckpt_path={cfg.ckpt_path} does not exist: give a checkpoint file or ckpt_path=last")
+
+
+def find_learning_rate(
+    cfg: DictConfig, model: PetClassifier, datamodule: PetDataModule, trainer: L.Trainer
+) -> float | None:
+    """Run Lightning's LR range test, save its plot in the run directory, optionally adopt its suggestion."""
+    finder = Tuner(trainer).lr_find(
+        model, datamodule=datamodule, min_lr=cfg.tune.min_lr, max_lr=cfg.tune.max_lr,
+        num_training=cfg.tune.num_training, early_stop_threshold=cfg.tune.early_stop_threshold, update_attr=False,
+    )  # fmt: skip
+    suggestion = finder.suggestion()
+    figure = finder.plot(suggest=suggestion is not None)
+    figure.savefig(Path(cfg.paths.output_dir) / "lr_find.png", dpi=100)
+    if suggestion is None:
+        log.warning(
+            "The learning-rate finder has too few points for a suggestion (raise tune.num_training, or "
+            "set tune.early_stop_threshold=null): keeping optimizer.lr. Plot: lr_find.png"
+        )
+        return None
+    log.info(f"Learning-rate finder suggests {suggestion:.2e} (plot: lr_find.png)")
+    if cfg.tune.update_lr and model.optimizer_factory is not None:
+        model.optimizer_factory = partial(model.optimizer_factory, lr=suggestion)
+    return suggestion
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; returns the metrics also written to RUN_DIR/metrics.json."""
     started = time.perf_counter()
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
+    if trainer.is_global_zero and datamodule.report is not None:
+        datamodule.report.save(Path(cfg.paths.output_dir))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                datamodule.report.log_to(logger.experiment)
+    check_before_fit(cfg, model, trainer)
+    suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
     log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable)")
     for logger in trainer.loggers:
@@ -74,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params_total": params["total"], "params_trainable": params["trainable"],
         "best_checkpoint": best_path, "seconds": round(time.perf_counter() - started, 1),
     })  # fmt: skip
+    if suggested_lr is not None:
+        metrics["lr_find/suggestion"] = suggested_lr
     if trainer.is_global_zero:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from petlab.data.download import download_dataset
 from petlab.data.index import build_index
 from petlab.data.report import DataReport
+from petlab.data.sampling import EpochSampler, class_balanced_weights
 from petlab.data.splits import assign_splits
 from petlab.data.stats import channel_stats
 from petlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
-from petlab.data.upsample import UPSAMPLING, SyntheticMinority, balanced_sampler
+from petlab.data.upsample import UPSAMPLING, SyntheticMinority
 from petlab.errors import PetlabError
 
 log = logging.getLogger(__name__)
@@ -145,27 +146,33 @@ class PetDataModule(L.LightningDataModule):
     def has_test(self) -> bool:
         return "test" in self.datasets
 
-    def _loader(self, split: str, shuffle: bool, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
+            generator=sampler.loader_generator if sampler else None,
             num_workers=self.num_workers,
-            # Persistent workers keep their RNG across epochs; on CPU they are restarted so that each
-            # epoch is reseeded (exact resume), on GPU the start-up time matters more.
+            # Persistent workers would keep their RNG across epochs; on CPU they are restarted so that
+            # each epoch is reseeded (exact resume), on GPU the start-up time matters more.
             persistent_workers=self.num_workers > 0 and torch.cuda.is_available(),
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = None
+        dataset = self.datasets["train"]
+        weights = None
         if self.upsample == "weighted":
-            sampler = balanced_sampler(self.datasets["train"].targets, self.seed)
-        return self._loader("train", shuffle=True, sampler=sampler)
+            weights = class_balanced_weights(self.frame.loc[self.frame["split"] == "train", "target"].tolist())
+        trainer = getattr(self, "trainer", None)
+        sampler = EpochSampler(
+            len(dataset), self.seed, epoch=trainer.current_epoch if trainer else 0, weights=weights,
+            loader_generator=torch.Generator(),
+        )  # fmt: skip
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

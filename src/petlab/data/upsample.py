@@ -11,7 +11,6 @@ from PIL import Image
 from skimage import filters, img_as_ubyte
 from skimage.transform import rotate
 from skimage.util import random_noise
-from torch.utils.data import WeightedRandomSampler
 from torchvision.transforms import v2
 
 from petlab.data.transforms import load_rgb
@@ -65,11 +64,3 @@ class SyntheticMinority(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.image(item)), self.sources[item][1]
-
-
-def balanced_sampler(targets: Sequence[int], seed: int) -> WeightedRandomSampler:
-    """Draws each class equally often (with replacement), one epoch = as many draws as images."""
-    counts = np.bincount(targets)
-    weights = torch.as_tensor(1.0 / counts[np.asarray(targets)], dtype=torch.double)
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)

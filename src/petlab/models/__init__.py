@@ -32,3 +32,21 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The model's parameters in groups from the input to the output; the last group is the head.
+
+    ResNets: stem, layer1-4, then ``fc``. The CNN: each conv block, then everything after Flatten. These are
+    the units that fine-tuning freezes and that discriminative learning rates scale.
+    """
+    if isinstance(model, nn.Sequential):  # the CNN: blocks, Flatten, classifier
+        children = list(model)
+        flatten = next(i for i, child in enumerate(children) if isinstance(child, nn.Flatten))
+        stages = [list(child.parameters()) for child in children[:flatten]]
+        head = [p for child in children[flatten:] for p in child.parameters()]
+    else:
+        stem = [*model.conv1.parameters(), *model.bn1.parameters()]
+        stages = [stem] + [list(getattr(model, f"layer{i}").parameters()) for i in range(1, 5)]
+        head = list(model.fc.parameters())
+    return [group for group in stages if group] + [head]

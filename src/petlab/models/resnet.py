@@ -5,11 +5,11 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision import models
 
 from petlab.errors import PetlabError
+from petlab.models.weights import load_state_dict_file
 
 WEIGHTS = {
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
@@ -30,33 +30,6 @@ def _imagenet_backbone(arch: str) -> nn.Module:
         ) from error
 
 
-def _load_state_dict(backbone: nn.Module, arch: str, weights_path: str | Path) -> None:
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise PetlabError(f"model.weights_path={path} does not exist: give a file saved with torch.save")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise PetlabError(f"model.weights_path={path} is not a torch state dict ({error})") from error
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise PetlabError(f"model.weights_path={path} holds a {type(state).__name__}, not a state dict")
-    # The ImageNet classifier ("fc.") does not fit our head; everything else must match exactly.
-    backbone_state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-    expected = {key for key in backbone.state_dict() if not key.startswith("fc.")}
-    shapes_match = all(
-        backbone.state_dict()[key].shape == value.shape
-        for key, value in backbone_state.items()
-        if key in expected
-    )
-    if set(backbone_state) != expected or not shapes_match:
-        raise PetlabError(
-            f"model.weights_path={path} is not a {arch} state dict (its keys or shapes differ); "
-            f"use weights saved from torchvision.models.{arch}"
-        )
-    backbone.load_state_dict(backbone_state, strict=False)
-
-
 def build_resnet(
     arch: str,
     num_classes: int,
@@ -71,7 +44,8 @@ def build_resnet(
         raise PetlabError(f"model={arch} needs data.image_size >= {MIN_IMAGE_SIZE}, got {image_size}")
     if weights_path:
         backbone = getattr(models, arch)(weights=None)
-        _load_state_dict(backbone, arch, weights_path)
+        # The ImageNet classifier ("fc.") does not fit our head; everything else must match exactly.
+        load_state_dict_file(backbone, weights_path, arch, skip_prefix="fc.")
     elif pretrained:
         backbone = _imagenet_backbone(arch)
     else:

@@ -1,0 +1,170 @@
+"""Models from weights files, fine-tuning, the LR finder, experiments, reproducibility and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torchvision import models
+
+from petlab.config import config_dir
+from petlab.errors import PetlabError
+from petlab.models import create_model
+from petlab.module import PetClassifier
+from petlab.train import train, user_error
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+VOLATILE = {"seconds", "best_checkpoint"}
+
+
+def test_weights_path_loads_a_local_state_dict(tmp_path: Path):
+    reference = models.resnet34(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet34.pth")
+    model = create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "resnet34.pth")
+    assert torch.equal(model.layer4[2].conv2.weight, reference.layer4[2].conv2.weight)
+    assert model.fc[-1].out_features == 2
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path):
+    torch.save(models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    with pytest.raises(PetlabError, match="is not a resnet34 state dict"):
+        create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "resnet50.pth")
+    with pytest.raises(PetlabError, match="does not exist"):
+        create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "missing.pth")
+
+
+def test_the_cnn_reloads_its_own_weights_and_has_no_imagenet_ones(tmp_path: Path):
+    trained = create_model("cnn", num_classes=3, image_size=32)
+    torch.save(trained.state_dict(), tmp_path / "cnn.pth")
+    reloaded = create_model("cnn", num_classes=3, image_size=32, weights_path=tmp_path / "cnn.pth")
+    pairs = zip(trained.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(PetlabError, match="not a cnn state dict"):
+        create_model("cnn", num_classes=3, image_size=64, weights_path=tmp_path / "cnn.pth")
+    with pytest.raises(PetlabError, match="no ImageNet weights"):
+        create_model("cnn", num_classes=3, image_size=32, pretrained=True)
+
+
+def test_pretrained_without_a_network_names_both_alternatives(monkeypatch: pytest.MonkeyPatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PetlabError) as raised:
+        create_model("resnet50", num_classes=37, image_size=64, pretrained=True)
+    message = str(raised.value)
+    assert "model.weights_path=FILE" in message and "model.pretrained=false" in message and "https://" in message
+
+
+def classifier(**options) -> PetClassifier:
+    options = {"arch": "resnet34", "class_names": ["cat", "dog"], "image_size": 32, "mean": [0.5] * 3,
+               "std": [0.25] * 3, **options}  # fmt: skip
+    return PetClassifier(**options)
+
+
+def test_discriminative_learning_rates_grow_from_stem_to_head():
+    groups = classifier(backbone_lr_factor=0.01).parameter_groups(lr=1e-3)
+    rates = [group["lr"] for group in groups]
+    assert len(rates) == 6  # stem, layer1-4, head
+    assert rates[0] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-3)
+    assert rates == sorted(rates)
+    assert sum(len(g["params"]) for g in groups) == len(list(classifier().net.parameters()))
+
+
+def test_frozen_epochs_train_only_the_head():
+    L.seed_everything(0)
+    model = classifier(freeze_epochs=1)
+    stem, head = model.net.conv1.weight.clone(), model.net.fc[0].weight.clone()
+    images = torch.randn(16, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(16) % 2), batch_size=8)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, train_dataloaders=loader)
+    assert torch.equal(model.net.conv1.weight, stem)
+    assert not torch.equal(model.net.fc[0].weight, head)
+    model.set_backbone_trainable(True)
+    assert all(p.requires_grad for p in model.net.parameters())
+
+
+def test_freeze_epochs_must_leave_epochs_to_fine_tune(make_cfg):
+    cfg = make_cfg(["model=cnn", "model.freeze_epochs=3", "trainer.max_epochs=3"])
+    with pytest.raises(Exception) as raised:
+        train(cfg)
+    assert "freeze_epochs" in str(user_error(raised.value))
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_the_lr_finder_saves_its_plot_and_sets_the_learning_rate(make_cfg):
+    cfg = make_cfg(["model=cnn", "tune.lr_find=true", "tune.num_training=20", "tune.early_stop_threshold=null",
+                    "data.batch_size=4", "trainer.max_epochs=1", "trainer.limit_val_batches=2",
+                    "callbacks.model_checkpoint=null"])  # fmt: skip
+    metrics = train(cfg)
+    assert (Path(cfg.paths.output_dir) / "lr_find.png").stat().st_size > 1000
+    assert 1e-6 <= metrics["lr_find/suggestion"] <= 1.0
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_runs(make_cfg, experiment: str):
+    cfg = make_cfg([f"experiment={experiment}", "trainer.fast_dev_run=true", "data.image_size=32",
+                    "data.batch_size=8", "model.pretrained=false"])  # fmt: skip
+    assert 0 <= train(cfg)["val/acc"] <= 1
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("scheduler", ["cosine", "none"])
+def test_optimizers_and_schedulers_from_configs(make_cfg, optimizer: str, scheduler: str):
+    cfg = make_cfg(["model=cnn", f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.fast_dev_run=true",
+                    "model.label_smoothing=0.1"])  # fmt: skip
+    assert 0 <= train(cfg)["val/acc"] <= 1
+
+
+def stable(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key not in VOLATILE}
+
+
+def test_the_same_config_and_seed_give_identical_metrics(make_cfg, tmp_path: Path):
+    overrides = ["model=cnn", "seed=0", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+                 "data.upsample=synthetic"]  # fmt: skip
+    first = train(make_cfg([*overrides, f"paths.output_dir={tmp_path / 'a'}"]))
+    second = train(make_cfg([*overrides, f"paths.output_dir={tmp_path / 'b'}"]))
+    assert first["seed"] == 0
+    assert stable(first) == stable(second)
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["val/acc"] == second["val/acc"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, sample_root: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
+    env = {**os.environ, "PETLAB_ROOT": str(tmp_path)}
+    args = [sys.executable, "-m", "petlab", "data=sample", "model=cnn", "data.image_size=32", "data.batch_size=4",
+            "data.num_workers=0", "trainer.max_epochs=3", "trainer.accelerator=cpu", "seed=7",
+            "callbacks.early_stopping=null", "callbacks.progress_bar=null"]  # fmt: skip
+    subprocess.run([*args, "hydra.run.dir=outputs/whole"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    whole = json.loads((tmp_path / "outputs" / "whole" / "metrics.json").read_text())
+
+    run_dir = tmp_path / "outputs" / "runs" / "killed"
+    process = subprocess.Popen([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch, after the checkpoint is complete
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = subprocess.run([*args, "ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "outputs" / "runs").iterdir()) == ["killed"]
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert stable(again) == stable(whole)
