@@ -23,29 +23,40 @@ def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_sample(tmp_path_factory.mktemp("data") / "sample-pets", per_breed=6, size=32, seed=0)
 
 
+def compose_config(sample_root: Path, run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/train.yaml with overrides, pointed at the tiny dataset and ``run_dir``."""
+    register_resolvers()
+    base = [
+        "data=sample",
+        f"data.root={sample_root}",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        f"paths.output_dir={run_dir}",
+        f"paths.cache_dir={run_dir.parent / 'cache'}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[*base, *overrides])
+
+
 @pytest.fixture
 def make_cfg(sample_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml with overrides, pointed at the tiny dataset and a temporary run directory."""
-    register_resolvers()
+    """Compose the real configs for a run in a temporary directory."""
+    return lambda overrides=(): compose_config(sample_root, tmp_path / "run", overrides)
 
-    def _compose(overrides: Sequence[str] = ()) -> DictConfig:
-        base = [
-            "data=sample",
-            f"data.root={sample_root}",
-            "data.image_size=32",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            f"paths.output_dir={tmp_path / 'run'}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            "trainer.accelerator=cpu",
-            "trainer.enable_progress_bar=false",
-            "callbacks.progress_bar=null",
-            "callbacks.model_summary=null",
-        ]
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return compose("train", overrides=[*base, *overrides])
 
-    return _compose
+@pytest.fixture(scope="session")
+def trained_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch breed run of the CNN (its run directory), shared by the evaluation tests."""
+    from petlab.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_config(sample_root, run_dir, ["task=breed", "model=cnn", "trainer.max_epochs=2"]))
+    return run_dir
 
 
 def add_release_flaws(root: Path) -> dict[str, str]:

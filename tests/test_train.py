@@ -8,8 +8,9 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import snapshot
+from petlab.cli import user_error
 from petlab.errors import PetlabError
-from petlab.train import train, user_error
+from petlab.train import train
 
 PAIRS = [(task, model) for task in ("species", "breed") for model in ("cnn", "resnet34", "resnet50")]
 

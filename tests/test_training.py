@@ -14,11 +14,12 @@ import pytest
 import torch
 from torchvision import models
 
+from petlab.cli import user_error
 from petlab.config import config_dir
 from petlab.errors import PetlabError
 from petlab.models import create_model
 from petlab.module import PetClassifier
-from petlab.train import train, user_error
+from petlab.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 VOLATILE = {"seconds", "best_checkpoint"}
@@ -64,8 +65,8 @@ def test_pretrained_without_a_network_names_both_alternatives(monkeypatch: pytes
 
 
 def classifier(**options) -> PetClassifier:
-    options = {"arch": "resnet34", "class_names": ["cat", "dog"], "image_size": 32, "mean": [0.5] * 3,
-               "std": [0.25] * 3, **options}  # fmt: skip
+    options = {"arch": "resnet34", "task": "species", "class_names": ["cat", "dog"], "image_size": 32,
+               "mean": [0.5] * 3, "std": [0.25] * 3, **options}  # fmt: skip
     return PetClassifier(**options)
 
 

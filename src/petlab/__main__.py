@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from petlab.cli import user_facing
 from petlab.config import config_dir, project_root, register_resolvers
 from petlab.errors import PetlabError
 
 register_resolvers()
-log = logging.getLogger("petlab")
-
-
-def _route_lightning_logs_through_hydra() -> None:
-    """Lightning adds its own console handler; Hydra's root handlers (console and run log) suffice."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()  # an advertisement, not information
-    )
 
 
 def latest_checkpoint(runs_dir: Path) -> Path:
@@ -56,22 +44,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@user_facing
 def train_job(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg` answer without loading torch.
-    from petlab.train import train, user_error
+    from petlab.train import train
 
-    _route_lightning_logs_through_hydra()
-    try:
-        metrics = train(cfg)
-    except Exception as error:
-        problem = user_error(error)
-        if problem is None:
-            raise
-        log.error(f"error: {problem}")
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise problem from None  # Hydra records the failed job and runs the others
-        raise SystemExit(2) from None
-    return metrics.get(cfg.get("optimized_metric"))
+    return train(cfg).get(cfg.get("optimized_metric"))
 
 
 def main() -> None:

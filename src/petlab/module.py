@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from petlab.errors import PetlabError
 from petlab.models import create_model, layer_groups, parameter_counts
@@ -28,6 +28,7 @@ class PetClassifier(L.LightningModule):
     def __init__(
         self,
         arch: str,
+        task: str,
         class_names: Sequence[str],
         image_size: int,
         mean: Sequence[float],
@@ -50,7 +51,8 @@ class PetClassifier(L.LightningModule):
                 f"model.freeze_epochs={freeze_epochs} must be >= 0 and model.backbone_lr_factor="
                 f"{backbone_lr_factor} in (0, 1]"
             )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # Logged once, with the run's metrics, by the entry point (so TensorBoard's HParams tab ranks runs).
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.class_names = list(class_names)
         self.net = create_model(
             arch, num_classes=len(class_names), image_size=image_size, pretrained=pretrained,
@@ -62,6 +64,9 @@ class PetClassifier(L.LightningModule):
         self.freeze_epochs = freeze_epochs
         self.backbone_lr_factor = backbone_lr_factor
         self.channels_last = channels_last
+        # The resolved data config of the training run, saved in checkpoints so that evaluation can
+        # rebuild the same splits (set by the entry point).
+        self.data_config: dict[str, Any] = {}
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         num_classes = len(class_names)
@@ -70,6 +75,9 @@ class PetClassifier(L.LightningModule):
         for stage in ("train", "val", "test"):
             self.stage_metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro")
             self.stage_metrics[f"{stage}_loss"] = MeanMetric()
+        self.test_f1_macro = MulticlassF1Score(num_classes, average="macro")
+        self.test_probabilities: list[torch.Tensor] = []
+        self.test_targets: list[torch.Tensor] = []
         # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
         self.register_buffer("val_acc_best", torch.tensor(-1.0))
         self.register_buffer("best_epoch_buffer", torch.tensor(-1))
@@ -100,12 +108,16 @@ class PetClassifier(L.LightningModule):
         # fastai's fine_tune: the head alone for freeze_epochs, then everything (with discriminative lrs).
         self.set_backbone_trainable(self.current_epoch >= self.freeze_epochs)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
+        checkpoint["petlab"] = {"format": 1, "data": self.data_config}
+
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its batches must not count.
         self.stage_metrics["val_acc"].reset()
         self.stage_metrics["val_loss"].reset()
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, return_logits: bool = False) -> torch.Tensor:
         images, targets = batch
         if self._uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
@@ -118,7 +130,7 @@ class PetClassifier(L.LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         if stage == "train":
             self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
-        return loss
+        return logits if return_logits else loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -140,8 +152,21 @@ class PetClassifier(L.LightningModule):
         """The epoch (0-based) with the highest validation accuracy so far; -1 before any."""
         return int(self.best_epoch_buffer)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_probabilities.clear()
+        self.test_targets.clear()
+
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        targets = batch[1]
+        logits = self._step(batch, "test", return_logits=True)
+        self.test_f1_macro(logits, targets)
+        self.test_probabilities.append(logits.softmax(dim=1).detach().cpu())
+        self.test_targets.append(targets.detach().cpu())
+        self.log("test/f1_macro", self.test_f1_macro, on_step=False, on_epoch=True)
+
+    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and targets of the last test run, in the test loader's order."""
+        return torch.cat(self.test_probabilities), torch.cat(self.test_targets)
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """One optimizer group per layer group; the lr grows geometrically from lr x backbone_lr_factor at

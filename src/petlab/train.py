@@ -15,11 +15,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from petlab.config import flatten
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
+from petlab.interpret import write_evaluation
 from petlab.module import PetClassifier
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and datamodule.report is not None:
         datamodule.report.save(Path(cfg.paths.output_dir))
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                datamodule.report.log_to(logger.experiment)
+        if (experiment := _tensorboard(trainer)) is not None:
+            datamodule.report.log_to(experiment)
     check_before_fit(cfg, model, trainer)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
     log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable)")
-    for logger in trainer.loggers:
-        logger.log_hyperparams({**flatten(cfg), "params/total": params["total"]})
+    model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = _scalar_metrics(trainer)
@@ -114,6 +113,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test") and datamodule.has_test:
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")})
+        if trainer.is_global_zero:
+            probabilities, targets = model.test_predictions()
+            write_evaluation(
+                Path(cfg.paths.output_dir), probabilities, targets, datamodule.datasets["test"].paths,
+                model.class_names, _tensorboard(trainer), step=trainer.global_step,
+            )  # fmt: skip
     metrics.update({
         "task": cfg.task.name, "model": cfg.model.arch, "seed": cfg.get("seed"),
         "best_epoch": model.best_epoch, "epochs": trainer.current_epoch,
@@ -122,7 +127,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     })  # fmt: skip
     if suggested_lr is not None:
         metrics["lr_find/suggestion"] = suggested_lr
+    # Learning rates and the last batch's loss say nothing about the result.
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("lr-") and k != "train/batch_loss"}
     if trainer.is_global_zero:
+        log_hparams(trainer, cfg, metrics)
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -130,10 +138,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def user_error(error: BaseException) -> PetlabError | None:
-    """The PetlabError behind ``error`` (Hydra wraps errors raised while instantiating), if there is one."""
-    while error is not None:
-        if isinstance(error, PetlabError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
+def _tensorboard(trainer: L.Trainer) -> Any | None:
+    """The SummaryWriter of the run's TensorBoard logger, if it has one."""
+    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+HPARAM_METRICS = {"val/acc_best": "hp/val_acc", "test/acc": "hp/test_acc", "test/f1_macro": "hp/test_f1_macro"}
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Log the flattened config once, with the metrics to compare, so TensorBoard's HParams tab ranks runs."""
+    values = {hp: metrics[name] for name, hp in HPARAM_METRICS.items() if name in metrics}
+    params = {**flatten(cfg), "params/total": metrics["params_total"]}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ class PetDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         download: bool = False,
         cache_dir: str | Path | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.task = _choice("task", task, TASKS)
@@ -88,7 +91,10 @@ class PetDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.report: DataReport | None = None
         self.class_names: list[str] = []
-        self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        # Explicit statistics (a checkpoint's, when evaluating) take precedence over ``normalize``.
+        self.fixed_stats = mean is not None and std is not None
+        self.mean = list(mean) if self.fixed_stats else list(IMAGENET_MEAN)
+        self.std = list(std) if self.fixed_stats else list(IMAGENET_STD)
         self.datasets: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
@@ -117,7 +123,7 @@ class PetDataModule(L.LightningDataModule):
         if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
             raise PetlabError(f"{self.root} has too few images for a train and a validation split")
         train = frame[frame["split"] == "train"]
-        if self.normalize == "dataset":
+        if self.normalize == "dataset" and not self.fixed_stats:
             self.mean, self.std = channel_stats(
                 train["path"].tolist(), self.image_size, self.num_workers, self.cache_dir,
                 key=index.attrs.get("fingerprint", ""),

@@ -1,0 +1,79 @@
+"""``python -m petlab.evaluate ckpt_path=FILE [data overrides]``: evaluate a checkpoint on a dataset.
+
+Writes metrics.json and the evaluation files to a new directory under outputs/evaluations/, never into
+the training run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from petlab.cli import require, user_facing
+from petlab.config import config_dir, register_resolvers
+from petlab.errors import PetlabError
+
+register_resolvers()
+log = logging.getLogger(__name__)
+
+
+def _overrides_data() -> bool:
+    return any(item.lstrip("+~").startswith("data") for item in HydraConfig.get().overrides.task)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from petlab.checkpoint import load_checkpoint
+    from petlab.interpret import write_evaluation
+    from petlab.train import _scalar_metrics, _tensorboard
+
+    require(cfg, "ckpt_path")
+    L.seed_everything(cfg.seed, verbose=False)
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    model = checkpoint.model
+    data_config = cfg.data if _overrides_data() or not checkpoint.data_config else checkpoint.data_config
+    datamodule = instantiate(
+        data_config, task=model.hparams.task, image_size=checkpoint.image_size, mean=checkpoint.mean,
+        std=checkpoint.std, upsample="none", download=False, _convert_="all",
+    )  # fmt: skip
+    datamodule.setup("test")
+    if datamodule.class_names != checkpoint.class_names:
+        raise PetlabError(
+            f"the dataset's classes {datamodule.class_names[:5]}{'...' if len(datamodule.class_names) > 5 else ''}"
+            f" differ from the checkpoint's {checkpoint.class_names[:5]}"
+            f"{'...' if len(checkpoint.class_names) > 5 else ''}: evaluate on a dataset with the same classes"
+        )
+    if cfg.split not in ("val", "test") or cfg.split not in datamodule.datasets:
+        raise PetlabError(f"split={cfg.split} is not available here: choose one of val, test")
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
+    trainer.test(model, dataloaders=datamodule._loader(cfg.split))
+    probabilities, targets = model.test_predictions()
+    write_evaluation(output_dir, probabilities, targets, datamodule.datasets[cfg.split].paths,
+                     checkpoint.class_names, _tensorboard(trainer))  # fmt: skip
+    metrics = _scalar_metrics(trainer)
+    metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
+                    "images": len(targets)})  # fmt: skip
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(f"Evaluation written to {output_dir}: test/acc {metrics.get('test/acc')}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+@user_facing
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""``python -m petlab.export ckpt_path=FILE format=torchscript|onnx``: a self-contained model file.
+
+The exported network normalises its input itself, so a user feeds RGB images scaled to [0, 1] at the
+training size and gets class logits; ``<file>.json`` beside it holds the class names and input spec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from petlab.cli import require, user_facing
+from petlab.config import config_dir, register_resolvers
+from petlab.errors import PetlabError
+
+register_resolvers()
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+def _normalised_network(checkpoint: Any) -> Any:
+    import torch
+
+    class NormalisedClassifier(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module, mean: list[float], std: list[float]) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net((images - self.mean) / self.std)
+
+    return NormalisedClassifier(checkpoint.model.net, checkpoint.mean, checkpoint.std).eval()
+
+
+def default_output(ckpt_path: Path, file_format: str) -> Path:
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    return run_dir / "export" / f"model{FORMATS[file_format]}"
+
+
+def export(checkpoint: Any, file_format: str, output: Path) -> Path:
+    """Write ``checkpoint``'s network to ``output`` as TorchScript or ONNX, plus ``output.json``."""
+    import torch
+
+    network = _normalised_network(checkpoint)
+    example = torch.rand(2, 3, checkpoint.image_size, checkpoint.image_size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    spec = {"class_names": checkpoint.class_names, "input": "float RGB in [0, 1], shape (N, 3, S, S)",
+            "image_size": checkpoint.image_size, "mean": checkpoint.mean, "std": checkpoint.std,
+            "output": "logits, shape (N, classes)", "checkpoint": str(checkpoint.path)}  # fmt: skip
+    with torch.no_grad():
+        if file_format == "torchscript":
+            with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(network, example)
+                torch.jit.save(traced, str(output), _extra_files={"petlab.json": json.dumps(spec)})
+        else:
+            try:
+                import onnxscript  # noqa: F401  (the exporter needs it; say so plainly if it is missing)
+            except ImportError as error:
+                raise PetlabError("format=onnx needs the export extra: pip install -e '.[export]'") from error
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.onnx.export(network, (example,), input_names=["images"], output_names=["logits"],
+                                        dynamic_shapes={"images": {0: batch}}, dynamo=True)  # fmt: skip
+            program.save(str(output))
+    output.with_suffix(output.suffix + ".json").write_text(json.dumps(spec, indent=2) + "\n")
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+@user_facing
+def main(cfg: DictConfig) -> None:
+    from petlab.checkpoint import load_checkpoint
+
+    require(cfg, "ckpt_path")
+    if cfg.format not in FORMATS:
+        raise PetlabError(f"unknown format={cfg.format}: choose one of {', '.join(FORMATS)}")
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    output = Path(cfg.output).expanduser() if cfg.output else default_output(checkpoint.path, cfg.format)
+    if output.exists() and not cfg.overwrite:
+        raise PetlabError(f"{output} already exists: choose another output=FILE or set overwrite=true")
+    export(checkpoint, cfg.format, output)
+    print(f"Exported {cfg.format} model to {output} (classes and input spec in {output.name}.json)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

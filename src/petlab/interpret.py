@@ -1,0 +1,171 @@
+"""What a trained classifier gets right and wrong: the files and figures of an evaluation.
+
+Everything is computed from the test split's class probabilities, so training and
+``python -m petlab.evaluate`` write the same files: a per-class CSV, the confusion matrix, the most
+confused pairs (fastai's ``most_confused``), grids of the top losses and of sample predictions, and the
+learning curves read back from the run's TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from petlab.data.report import markdown_table
+from petlab.data.transforms import load_rgb
+
+
+def confusion(probabilities: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns (torchmetrics)."""
+    return multiclass_confusion_matrix(probabilities, targets, num_classes).numpy()
+
+
+def per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Support, accuracy (recall), precision and F1 of every class, from the confusion matrix."""
+    hits = np.diag(matrix).astype(float)
+    support, claimed = matrix.sum(axis=1), matrix.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall, precision = hits / support, hits / claimed
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    table = {"class": class_names, "support": support, "accuracy": recall, "precision": precision, "f1": f1}
+    return pd.DataFrame(table).round(4)
+
+
+def most_confused(matrix: np.ndarray, class_names: Sequence[str], min_count: int = 1) -> pd.DataFrame:
+    """Off-diagonal (true, predicted) pairs by count, most frequent first."""
+    pairs = [
+        {"true": class_names[t], "predicted": class_names[p], "count": int(matrix[t, p])}
+        for t in range(len(class_names)) for p in range(len(class_names))
+        if t != p and matrix[t, p] >= min_count
+    ]  # fmt: skip
+    return pd.DataFrame(pairs, columns=["true", "predicted", "count"]).sort_values(
+        "count", ascending=False, kind="stable"
+    )
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
+    size = max(4.0, 0.32 * len(class_names) + 2.5)
+    figure = Figure(figsize=(size + 1, size))
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(class_names))
+    font = 10 if len(class_names) <= 10 else 7
+    axes.set_xticks(ticks, labels=class_names, rotation=90, fontsize=font)
+    axes.set_yticks(ticks, labels=class_names, fontsize=font)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if len(class_names) <= 12:
+        for (row, column), count in np.ndenumerate(matrix):
+            colour = "white" if count > matrix.max() / 2 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=font)
+    axes.set_title("Confusion matrix (test)")
+    figure.tight_layout()
+    return figure
+
+
+def image_grid(paths: Sequence[str], titles: Sequence[str], colours: Sequence[str], title: str) -> Figure:
+    columns = min(4, max(1, len(paths)))
+    rows = max(1, math.ceil(len(paths) / columns))
+    figure = Figure(figsize=(3.2 * columns, 3.4 * rows))
+    for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
+        axes.axis("off")
+        if i < len(paths):
+            picture = load_rgb(paths[i])
+            picture.thumbnail((256, 256))
+            axes.imshow(picture)
+            axes.set_title(titles[i], fontsize=8, color=colours[i])
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def _caption(probabilities: torch.Tensor, target: int, class_names: Sequence[str], loss: float | None) -> str:
+    predicted = int(probabilities.argmax())
+    text = f"true {class_names[target]}\npred {class_names[predicted]} ({probabilities[predicted]:.2f})"
+    return text + (f"\nloss {loss:.2f}, p(true) {probabilities[target]:.2f}" if loss is not None else "")
+
+
+def prediction_grids(
+    probabilities: torch.Tensor, targets: torch.Tensor, paths: Sequence[str], class_names: Sequence[str],
+    count: int = 12, seed: int = 0,
+) -> dict[str, Figure]:  # fmt: skip
+    """The ``count`` highest-loss test images, and ``count`` random ones, with true and predicted labels."""
+    losses = -torch.log(probabilities[torch.arange(len(targets)), targets].clamp_min(1e-12))
+    worst = losses.argsort(descending=True)[:count].tolist()
+    sample = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False).tolist()
+    grids = {}
+    for name, indices, with_loss in (("top_losses", worst, True), ("sample_predictions", sample, False)):
+        grids[name] = image_grid(
+            [paths[i] for i in indices],
+            [_caption(probabilities[i], int(targets[i]), class_names, float(losses[i]) if with_loss else None)
+             for i in indices],
+            ["green" if probabilities[i].argmax() == targets[i] else "red" for i in indices],
+            "Highest losses (test)" if with_loss else "Sample predictions (test)",
+        )  # fmt: skip
+    return grids
+
+
+def learning_curves(tensorboard_dir: Path) -> Figure | None:
+    """Train vs validation loss and accuracy per epoch, read back from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not tensorboard_dir.is_dir():
+        return None
+    events = EventAccumulator(str(tensorboard_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    if not {"train/loss", "val/loss"} <= tags:
+        return None
+    figure = Figure(figsize=(10, 4))
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "acc"), strict=True):
+        for stage in ("train", "val"):
+            if f"{stage}/{metric}" in tags:
+                points = {s.step: s.value for s in events.Scalars(f"{stage}/{metric}")}  # a resume may repeat steps
+                axes.plot(list(points), list(points.values()), marker="o", label=stage)
+        axes.set_xlabel("step")
+        axes.set_title({"loss": "loss", "acc": "accuracy"}[metric])
+        axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_evaluation(
+    output_dir: Path, probabilities: torch.Tensor, targets: torch.Tensor, paths: Sequence[str],
+    class_names: Sequence[str], experiment: Any | None = None, step: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """Write the evaluation files to ``output_dir`` (figures and tables also to a TensorBoard writer).
+
+    Returns the per-class table.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = paths[: len(targets)]  # limit_test_batches/fast_dev_run predict only the first (unshuffled) images
+    matrix = confusion(probabilities, targets, len(class_names))
+    table = per_class_table(matrix, class_names)
+    table.to_csv(output_dir / "per_class.csv", index=False)
+    pd.DataFrame(matrix, index=class_names, columns=class_names).to_csv(output_dir / "confusion_matrix.csv")
+    confused = most_confused(matrix, class_names)
+    confused.to_csv(output_dir / "most_confused.csv", index=False)
+    figures = {"confusion_matrix": confusion_figure(matrix, class_names),
+               **prediction_grids(probabilities, targets, paths, class_names)}  # fmt: skip
+    curves = learning_curves(output_dir / "tensorboard")
+    if curves is not None:
+        figures["learning_curves"] = curves
+    for name, figure in figures.items():
+        figure.savefig(output_dir / f"{name}.png", dpi=110)
+        if experiment is not None:
+            experiment.add_figure(f"evaluation/{name}", figure, global_step=step)
+    if experiment is not None:
+        for name, accuracy in zip(table["class"], table["accuracy"], strict=True):
+            experiment.add_scalar(f"test/acc_per_class/{name}", accuracy, global_step=step)
+        experiment.add_text("evaluation/per_class", markdown_table(table.set_index("class")), global_step=step)
+        experiment.add_text("evaluation/most_confused", markdown_table(confused.head(20).set_index("true")),
+                            global_step=step)  # fmt: skip
+    return table

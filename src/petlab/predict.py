@@ -1,0 +1,111 @@
+"""``python -m petlab.predict ckpt_path=FILE images=[a.jpg,dir/]``: top-k classes of new images.
+
+Files that are not images are reported on stderr and skipped; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from petlab.cli import require, user_facing
+from petlab.config import config_dir, register_resolvers
+from petlab.errors import PetlabError
+
+register_resolvers()
+OUTPUTS = ("table", "json")
+
+
+def image_files(entries: Sequence[str]) -> list[Path]:
+    """The files named, and every file under the folders named, in order."""
+    files = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PetlabError(f"{entry} does not exist: give image files or folders in images=[...]")
+    return files
+
+
+def predict_files(checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int) -> Iterator[dict[str, Any]]:
+    """One result per file: ``{"image", "top": [{"class", "probability"}...]}`` or ``{"image", "error"}``."""
+    import torch
+
+    from petlab.data.transforms import build_transform, load_rgb
+
+    transform = build_transform(checkpoint.image_size, checkpoint.mean, checkpoint.std, train=False)
+    k = min(top_k, len(checkpoint.class_names))
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        images: dict[int, torch.Tensor] = {}
+        for position, path in enumerate(chunk):
+            with contextlib.suppress(PetlabError):  # reported below, in its place among the results
+                images[position] = transform(load_rgb(path))
+        top: dict[int, list[dict[str, Any]]] = {}
+        if images:
+            with torch.inference_mode():
+                probabilities = checkpoint.model(torch.stack(list(images.values()))).softmax(dim=1)
+            values, indices = probabilities.topk(k, dim=1)
+            for position, row_values, row_indices in zip(images, values.tolist(), indices.tolist(), strict=True):
+                top[position] = [{"class": checkpoint.class_names[i], "probability": round(p, 4)}
+                                 for p, i in zip(row_values, row_indices, strict=True)]  # fmt: skip
+        for position, path in enumerate(chunk):
+            if position in top:
+                yield {"image": str(path), "top": top[position]}
+            else:
+                yield {"image": str(path), "error": "not a readable image: skipped"}
+
+
+def print_table(results: Sequence[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("image", "prediction", "probability", "then")
+    table.columns[0].overflow = "fold"
+    for result in results:
+        if "error" in result:
+            continue
+        best, *rest = result["top"]
+        others = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in rest)
+        table.add_row(result["image"], best["class"], f"{best['probability']:.3f}", others)
+    Console().print(table)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+@user_facing
+def main(cfg: DictConfig) -> None:
+    from petlab.checkpoint import load_checkpoint
+
+    require(cfg, "ckpt_path", "images")
+    if cfg.output not in OUTPUTS:
+        raise PetlabError(f"unknown output={cfg.output}: choose table or json")
+    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
+    entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    files = image_files(entries)
+    if not files:
+        raise PetlabError(f"no files found in {', '.join(entries)}")
+    results = []
+    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size):
+        if "error" in result:
+            print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
+        if cfg.output == "json":
+            print(json.dumps(result), flush=True)
+        results.append(result)
+    if cfg.output == "table":
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Test-set evaluation, interpretation files, TensorBoard HParams, evaluate, predict and export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from petlab.checkpoint import load_checkpoint
+from petlab.data.sample import generate_sample
+from petlab.errors import PetlabError
+from petlab.export import export
+
+
+def best_checkpoint(run: Path) -> Path:
+    return Path(json.loads((run / "metrics.json").read_text())["best_checkpoint"])
+
+
+def petlab(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PETLAB_ROOT": str(cwd)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_a_run_writes_metrics_and_interpretation_files(trained_run: Path):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert {"val/acc", "val/acc_best", "test/acc", "test/f1_macro", "best_epoch", "seconds"} <= set(metrics)
+    assert not [key for key in metrics if key.startswith("lr-")]
+    per_class = pd.read_csv(trained_run / "per_class.csv")
+    assert len(per_class) == 37 and set(per_class.columns) >= {"class", "support", "accuracy", "f1"}
+    assert per_class["support"].sum() == 37 * 3  # the official test split: 3 of 6 images per breed
+    confusion = pd.read_csv(trained_run / "confusion_matrix.csv", index_col=0)
+    assert confusion.shape == (37, 37) and int(np.trace(confusion)) == round(metrics["test/acc"] * 111)
+    most_confused = pd.read_csv(trained_run / "most_confused.csv")
+    assert (most_confused["true"] != most_confused["predicted"]).all()
+    assert most_confused["count"].is_monotonic_decreasing
+    for figure in ("confusion_matrix", "top_losses", "sample_predictions", "learning_curves"):
+        assert (trained_run / f"{figure}.png").stat().st_size > 5000, figure
+
+
+def test_tensorboard_has_the_figures_and_an_hparams_session_with_metrics(trained_run: Path):
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    images = set(events.Tags()["images"])
+    assert {"evaluation/confusion_matrix", "evaluation/top_losses", "evaluation/learning_curves"} <= images
+    scalars = set(events.Tags()["scalars"])
+    assert {"hp/val_acc", "hp/test_acc", "test/acc_per_class/Bengal"} <= scalars
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin and "_hparams_/experiment" in plugin
+    session = plugin["_hparams_/session_start_info"].decode(errors="ignore")
+    assert "model/arch" in session and "data/image_size" in session
+
+
+def test_evaluate_reproduces_the_test_metrics_in_a_new_directory(trained_run: Path, tmp_path: Path):
+    checkpoint = best_checkpoint(trained_run)
+    before = sorted(p.name for p in trained_run.iterdir())
+    result = petlab("petlab.evaluate", f"ckpt_path={checkpoint}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (evaluation,) = (tmp_path / "outputs" / "evaluations").iterdir()
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert (evaluation / "confusion_matrix.png").is_file() and (evaluation / "per_class.csv").is_file()
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(trained_run: Path, tmp_path: Path):
+    source = generate_sample(tmp_path / "pets", per_breed=4, size=32)
+    for animal in ("Bengal", "pug"):
+        (tmp_path / "other" / animal).mkdir(parents=True)
+        for path in (source / "images").glob(f"{animal}_*.jpg"):
+            (tmp_path / "other" / animal / path.name).write_bytes(path.read_bytes())
+    result = petlab("petlab.evaluate", f"ckpt_path={best_checkpoint(trained_run)}", "data=folder",
+                    f"data.root={tmp_path / 'other'}", "data.split=random", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "differ from the checkpoint's" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_predict_prints_json_lines_and_skips_what_is_not_an_image(trained_run: Path, sample_root: Path, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for name in ("Bengal_1.jpg", "pug_2.jpg"):
+        (folder / name).write_bytes((sample_root / "images" / name).read_bytes())
+    (folder / "readme.txt").write_text("not an image")
+    extra = sample_root / "images" / "Persian_3.jpg"
+    result = petlab("petlab.predict", f"ckpt_path={best_checkpoint(trained_run)}", f"images=[{folder},{extra}]",
+                    "output=json", "top_k=2", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(line["image"]).name for line in lines] == ["Bengal_1.jpg", "pug_2.jpg", "readme.txt",
+                                                            "Persian_3.jpg"]  # fmt: skip
+    assert "error" in lines[2] and "readme.txt" in result.stderr
+    classes = set(load_checkpoint(best_checkpoint(trained_run)).class_names)
+    for line in lines[:2] + lines[3:]:
+        assert len(line["top"]) == 2 and {t["class"] for t in line["top"]} <= classes
+        assert line["top"][0]["probability"] >= line["top"][1]["probability"]
+    table = petlab("petlab.predict", f"ckpt_path={best_checkpoint(trained_run)}", f"images={extra}", cwd=tmp_path)
+    assert table.returncode == 0 and "Persian_3" in table.stdout
+    assert not (tmp_path / "outputs").exists()  # prediction writes nothing
+
+
+@pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
+def test_an_exported_model_gives_the_checkpoints_outputs(trained_run: Path, tmp_path: Path, file_format: str):
+    checkpoint = load_checkpoint(best_checkpoint(trained_run))
+    output = export(checkpoint, file_format, tmp_path / f"model.{file_format}")
+    images = torch.rand(3, 3, checkpoint.image_size, checkpoint.image_size)
+    mean, std = torch.tensor(checkpoint.mean).view(1, 3, 1, 1), torch.tensor(checkpoint.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = checkpoint.model((images - mean) / std).numpy()
+    if file_format == "torchscript":
+        exported = torch.jit.load(str(output))(images).detach().numpy()
+    else:
+        import onnxruntime
+
+        exported = onnxruntime.InferenceSession(str(output)).run(None, {"images": images.numpy()})[0]
+    np.testing.assert_allclose(exported, expected, atol=1e-4)
+    spec = json.loads(output.with_suffix(output.suffix + ".json").read_text())
+    assert spec["class_names"] == checkpoint.class_names and spec["image_size"] == 32
+
+
+def test_export_never_overwrites(trained_run: Path, tmp_path: Path):
+    target = tmp_path / "model.pt"
+    target.write_text("keep me")
+    result = petlab("petlab.export", f"ckpt_path={best_checkpoint(trained_run)}", f"output={target}", cwd=tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr and target.read_text() == "keep me"
+
+
+def test_files_that_are_not_petlab_checkpoints_are_refused(tmp_path: Path):
+    (tmp_path / "garbage.ckpt").write_bytes(b"\\x80\\x04not really")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")
+    with pytest.raises(PetlabError, match="not a loadable petlab checkpoint"):
+        load_checkpoint(tmp_path / "garbage.ckpt")
+    with pytest.raises(PetlabError, match="not a petlab checkpoint"):
+        load_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(PetlabError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
