@@ -142,6 +142,28 @@ def test_folder_datasets_use_their_split_folders_or_a_random_split(tmp_path: Pat
     assert (module.frame.loc[module.frame["split"] == "test", "path"].str.contains("/test/")).all()
     flat = datamodule(tmp_path / "folders" / "train", tmp_path, layout="folder", split="random")
     assert set(flat.frame["split"]) == {"train", "val", "test"}
+    (tmp_path / "folders" / "train" / "pug").rename(tmp_path / "folders" / "val")  # now a val/ folder...
+    (tmp_path / "folders" / "val" / "pug").mkdir()
+    for path in list((tmp_path / "folders" / "val").glob("*.jpg")):
+        path.rename(tmp_path / "folders" / "val" / "pug" / path.name)
+    (tmp_path / "folders" / "train" / "pug").mkdir()
+    for path in list((tmp_path / "folders" / "val" / "pug").glob("*.jpg"))[:3]:
+        path.rename(tmp_path / "folders" / "train" / "pug" / path.name)
+    with_val = datamodule(tmp_path / "folders", tmp_path, layout="folder").frame
+    validation = with_val[with_val["split"] == "val"]
+    assert len(validation) > 0 and validation["path"].str.contains("/val/").all()  # ...used as it is
+
+
+@pytest.mark.parametrize("fold", [0, 1, 2])
+def test_k_fold_validation_folds_partition_the_training_pool(sample_root: Path, tmp_path: Path, fold: int):
+    frames = [datamodule(sample_root, tmp_path, folds=3, fold=f, seed=1).frame.set_index("name") for f in range(3)]
+    validation = [set(f.index[f["split"] == "val"]) for f in frames]
+    assert not validation[0] & validation[1] and not validation[1] & validation[2]
+    pool = set(frames[fold].index[frames[fold]["split"].isin(["train", "val"])])
+    assert set().union(*validation) == pool
+    assert (frames[fold]["split"] == "test").sum() == (frames[0]["split"] == "test").sum()
+    with pytest.raises(PetlabError, match="0 <= fold < folds"):
+        datamodule(sample_root, tmp_path, folds=3, fold=3)
 
 
 def test_a_folder_dataset_with_one_class_is_refused(tmp_path: Path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from petlab.cli import user_facing
-from petlab.config import config_dir, project_root, register_resolvers
+from petlab.cli import exit_if_jobs_failed, user_facing
+from petlab.config import config_dir, project_root, register_resolvers, share_run_id
 from petlab.errors import PetlabError
 
 register_resolvers()
@@ -57,7 +57,10 @@ def main() -> None:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
     except PetlabError as error:
         sys.exit(f"error: {error}")
+    if {"-m", "--multirun"} & set(sys.argv[1:]) or any(a.startswith("hparams_search=") for a in sys.argv[1:]):
+        share_run_id()
     train_job()
+    exit_if_jobs_failed()
 
 
 if __name__ == "__main__":

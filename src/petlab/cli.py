@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +18,8 @@ from petlab.errors import PetlabError
 
 log = logging.getLogger("petlab")
 Result = TypeVar("Result")
+# User errors of the jobs of a multirun run in this process, reported when the sweep ends.
+failed_jobs: list[str] = []
 
 
 def user_error(error: BaseException | None) -> PetlabError | None:
@@ -45,7 +49,8 @@ def require(cfg: DictConfig, *keys: str) -> None:
 def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Result]:
     """Run a Hydra job so that a PetlabError prints one line and exits 2 instead of a traceback.
 
-    In a multirun the error is re-raised as an exception: Hydra records the failed job and goes on.
+    In a multirun the job is marked failed (job_status.json, read by petlab.report) and the sweep goes on;
+    :func:`exit_if_jobs_failed` then ends the sweep with status 2.
     """
 
     @functools.wraps(job)
@@ -61,7 +66,20 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
             if not logging.getLogger().hasHandlers() or log.disabled:  # commands that switch logging off
                 print(f"error: {problem}", file=sys.stderr)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
-                raise problem from None
+                output_dir = Path(HydraConfig.get().runtime.output_dir)
+                status = {"status": "failed", "error": str(problem)}
+                (output_dir / "job_status.json").write_text(json.dumps(status) + "\n")
+                failed_jobs.append(f"job {HydraConfig.get().job.num} ({output_dir}): {problem}")
+                return None
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def exit_if_jobs_failed() -> None:
+    """After a multirun: list the jobs that failed on a user error and exit 2 if there were any."""
+    if failed_jobs:
+        print(f"error: {len(failed_jobs)} job(s) of the sweep failed:", file=sys.stderr)
+        for line in failed_jobs:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(2)

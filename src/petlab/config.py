@@ -25,15 +25,34 @@ def config_dir() -> Path:
     return Path(os.environ.get("PETLAB_CONFIG_DIR") or CHECKOUT_DIR / "conf").resolve()
 
 
+RUN_ID_VARIABLE = "PETLAB_SWEEP_RUN_ID"
+
+
 @cache
 def run_id() -> str:
-    """A name for this process's run: start time to the microsecond and the process id, so it is unique."""
-    return f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_p{os.getpid()}"
+    """A name for this run: start time to the microsecond and the process id, so it is unique.
+
+    A sweep exports its id (see :func:`share_run_id`) so that launcher worker processes, which resolve the
+    sweep directory again, name the same directory.
+    """
+    return os.environ.get(RUN_ID_VARIABLE) or f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_p{os.getpid()}"
+
+
+def share_run_id() -> None:
+    """Give the processes this one starts (joblib, submitit workers) this process's run id."""
+    os.environ[RUN_ID_VARIABLE] = run_id()
+
+
+def existing_dir(path: str) -> str:
+    """``path``, created if missing: for files opened before any job exists (Optuna's SQLite storage)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
 
 
 def flatten(config: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -62,6 +62,8 @@ class PetDataModule(L.LightningDataModule):
         split: str = "official",
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
+        folds: int = 0,
+        fold: int = 0,
         seed: int = 0,
         upsample: str = "none",
         normalize: str = "imagenet",
@@ -84,6 +86,7 @@ class PetDataModule(L.LightningDataModule):
         self.image_size, self.batch_size = image_size, batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.split, self.val_fraction, self.test_fraction = split, val_fraction, test_fraction
+        self.folds, self.fold = folds, fold
         self.seed = seed
         self.augment = dict(augment or {})
         self.download = download
@@ -117,7 +120,9 @@ class PetDataModule(L.LightningDataModule):
         if len(self.class_names) < 2:
             raise PetlabError(f"{self.root} has only one class ({self.class_names[0]}); a classifier needs two")
         frame["target"] = frame["label"].map({name: i for i, name in enumerate(self.class_names)})
-        frame["split"] = assign_splits(frame, "label", self.split, self.val_fraction, self.test_fraction, self.seed)
+        frame["split"] = assign_splits(
+            frame, "label", self.split, self.val_fraction, self.test_fraction, self.seed, self.folds, self.fold
+        )
         unused = int((frame["split"] == "").sum())
         frame = frame[frame["split"] != ""]
         if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:

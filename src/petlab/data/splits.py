@@ -43,9 +43,16 @@ def stratified_assign(labels: pd.Series, fractions: dict[str, float], seed: int)
 
 
 def assign_splits(
-    index: pd.DataFrame, label_column: str, split: str, val_fraction: float, test_fraction: float, seed: int
-) -> pd.Series:
-    """The split ("train", "val", "test" or "" for unused) of every row of ``index``."""
+    index: pd.DataFrame, label_column: str, split: str, val_fraction: float, test_fraction: float, seed: int,
+    folds: int = 0, fold: int = 0,
+) -> pd.Series:  # fmt: skip
+    """The split ("train", "val", "test" or "" for unused) of every row of ``index``.
+
+    With ``folds=K`` (K >= 2) the images that would be train or validation are cut into K stratified,
+    seeded folds instead: fold ``fold`` is validation, the others train; the test split is unchanged.
+    """
+    if folds and (folds < 2 or not 0 <= fold < folds):
+        raise PetlabError(f"data.folds={folds} data.fold={fold}: need folds >= 2 and 0 <= fold < folds")
     if split not in SPLITS:
         raise PetlabError(f"unknown data.split={split!r}: choose one of {', '.join(SPLITS)}")
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -54,16 +61,30 @@ def assign_splits(
             "in [0, 1) that leave room for training, e.g. 0.15 and 0.15"
         )
     labels = index[label_column]
-    result = pd.Series("", index=index.index, dtype=object)
     if split == "random":
         fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-        return stratified_assign(labels, fractions, seed)
-    trainval = index["official_split"] == "trainval"
-    if not trainval.any():
+        result = stratified_assign(labels, fractions, seed)
+    else:
+        result = _official(index, labels, val_fraction, seed)
+    if folds:
+        pool = result.isin(["train", "val"])
+        names = [str(i) for i in range(folds)]
+        assigned = stratified_assign(labels[pool], dict.fromkeys(names, 1 / folds), seed)
+        result[pool] = assigned.map(lambda name: "val" if name == str(fold) else "train")
+    return result
+
+
+def _official(index: pd.DataFrame, labels: pd.Series, val_fraction: float, seed: int) -> pd.Series:
+    """The dataset's own split: trainval (validation carved out of it), or train/val/test folders."""
+    result = pd.Series("", index=index.index, dtype=object)
+    official = index["official_split"]
+    trainval = official == "trainval"
+    if not (trainval | (official == "train")).any():
         raise PetlabError(
-            "data.split=official needs annotations/trainval.txt naming the images; "
-            "use data.split=random for a dataset without the official split files"
+            "data.split=official needs the dataset's own split (annotations/trainval.txt, or train/ and "
+            "test/ folders); use data.split=random for a dataset without one"
         )
     result[trainval] = stratified_assign(labels[trainval], {"train": 1 - val_fraction, "val": val_fraction}, seed)
-    result[index["official_split"] == "test"] = "test"
+    for name in ("train", "val", "test"):
+        result[official == name] = name
     return result

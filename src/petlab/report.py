@@ -1,0 +1,150 @@
+"""``python -m petlab.report SWEEP_DIR [more dirs]``: one table comparing runs, as text, CSV, Markdown, PNG.
+
+A run is any directory holding ``.hydra/config.yaml``: a single run, a job of a multirun, a fold of a
+cross-validation. Columns are the overrides that vary between runs, the metrics, best epoch, run time,
+parameter count and status (completed, failed, incomplete). Runs that differ only in ``seed`` or
+``data.fold`` are replicates: the summary gives their mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+from petlab.data.report import markdown_table
+from petlab.errors import PetlabError
+
+log = logging.getLogger(__name__)
+
+METRICS = ["val/acc_best", "val/acc", "test/acc", "test/f1_macro", "best_epoch", "seconds", "params_total"]
+REPLICATE_KEYS = ("seed", "data.fold")
+IGNORED_OVERRIDES = ("hydra.", "paths.", "ckpt_path")
+
+
+def _status(run: Path) -> tuple[str, str]:
+    if (run / "metrics.json").is_file():
+        return "completed", ""
+    marker = run / "job_status.json"
+    if marker.is_file():
+        status = json.loads(marker.read_text())
+        return status.get("status", "failed"), status.get("error", "")
+    return "incomplete", ""
+
+
+def _overrides(run: Path) -> dict[str, str]:
+    path = run / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    pairs = (item.lstrip("+~").split("=", 1) for item in items or [] if "=" in item)
+    return {key: value for key, value in pairs if not key.startswith(IGNORED_OVERRIDES)}
+
+
+def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
+    """One row per run found under ``directories``: its varying-able overrides, status and metrics."""
+    rows = []
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise PetlabError(f"{directory} is not a directory: give sweep or run directories from outputs/")
+        for config in sorted(directory.rglob(".hydra/config.yaml")):
+            run = config.parent.parent
+            composed = yaml.safe_load(config.read_text()) or {}
+            if "model" not in composed:  # an evaluation directory, not a training run
+                continue
+            status, error = _status(run)
+            metrics = json.loads((run / "metrics.json").read_text()) if status == "completed" else {}
+            rows.append({
+                "run": str(run.relative_to(directory.parent)), "status": status, "error": error,
+                "task": (composed.get("task") or {}).get("name", ""), "model": composed["model"].get("arch", ""),
+                "overrides": _overrides(run), **{name: metrics.get(name) for name in METRICS},
+            })  # fmt: skip
+    if not rows:
+        raise PetlabError(
+            f"no petlab runs (directories with .hydra/config.yaml) under {', '.join(map(str, directories))}"
+        )
+    frame = pd.DataFrame(rows).astype({"best_epoch": "Int64", "params_total": "Int64"})
+    overrides = pd.DataFrame(list(frame.pop("overrides")), index=frame.index).fillna("")
+    # task=/model= choices are already the task and model columns.
+    varying = [c for c in overrides.columns
+               if c not in frame.columns and (overrides[c].nunique() > 1 or c in REPLICATE_KEYS)]  # fmt: skip
+    return pd.concat([frame[["run", "status"]], overrides[sorted(varying)], frame.drop(columns=["run", "status"])],
+                     axis=1)  # fmt: skip
+
+
+def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled)."""
+    keys = [c for c in runs.columns if c not in (*METRICS, "run", "status", "error", *REPLICATE_KEYS)]
+    done = runs[runs["status"] == "completed"]
+    if done.empty:
+        return pd.DataFrame(columns=[*keys, "runs", f"{metric} mean", f"{metric} std"])
+    grouped = done.groupby(keys, dropna=False)[metric]
+    table = grouped.agg(["count", "mean", "std"]).reset_index()
+    table.columns = [*keys, "runs", f"{metric} mean", f"{metric} std"]
+    return table.sort_values(f"{metric} mean", ascending=False).round(4)
+
+
+def chart(summary: pd.DataFrame, metric: str) -> Figure:
+    keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
+    labels = [" ".join(f"{v}" for v in row) for row in summary[keys].itertuples(index=False)]
+    figure = Figure(figsize=(8, max(2.5, 0.45 * len(summary) + 1.2)))
+    axes = figure.subplots()
+    axes.barh(labels, summary[f"{metric} mean"], xerr=summary[f"{metric} std"].fillna(0), color="tab:blue")
+    axes.invert_yaxis()
+    axes.set_xlabel(f"{metric} (mean ± std over seeds/folds)")
+    figure.tight_layout()
+    return figure
+
+
+def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFrame:
+    """Write report.csv (every run), report.md (summary and runs) and report.png; return the summary."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(runs, metric)
+    _atomic_write(output_dir / "report.csv", runs.to_csv(index=False))
+    overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
+    markdown = ["## Summary", overview, "## Runs", markdown_table(runs.set_index("run"))]
+    _atomic_write(output_dir / "report.md", "\n\n".join(markdown) + "\n")
+    if len(summary):
+        chart(summary, metric).savefig(output_dir / "report.png", dpi=110)
+    return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Jobs of a parallel sweep may rewrite the summary at once: never leave a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m petlab.report", description=__doc__.splitlines()[0])
+    parser.add_argument("directories", nargs="+", help="sweep or run directories (e.g. outputs/multiruns/ID)")
+    parser.add_argument("--metric", default="val/acc_best", help="the metric to rank and chart (default val/acc_best)")
+    parser.add_argument("--output", type=Path, help="where to write report.csv/md/png (default: the first directory)")
+    args = parser.parse_args(argv)
+    try:
+        if args.metric not in METRICS:
+            raise PetlabError(f"unknown --metric {args.metric}: choose one of {', '.join(METRICS)}")
+        runs = collect_runs(args.directories)
+        tasks = sorted(set(runs["task"]) - {""})
+        if len(tasks) > 1:
+            print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
+        output = args.output or Path(args.directories[0])
+        summary = write_report(runs, output, args.metric)
+    except PetlabError as error:
+        parser.exit(2, f"error: {error}\n")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
+        print(runs.drop(columns=["error"]).to_string(index=False))
+        print(f"\nBy configuration ({args.metric}):")
+        print(summary.to_string(index=False))
+    counts = runs["status"].value_counts().to_dict()
+    print(f"\n{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); report in {output}/report.*")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Sweeps as users run them: multiruns with failures, k-fold, the report, Optuna with resume, launchers."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from petlab.errors import PetlabError
+from petlab.report import collect_runs, summarise
+
+TINY = [
+    "data=sample", "model=cnn", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
+    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+]  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path: Path, sample_root: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
+    return tmp_path
+
+
+def run(project: Path, *args: str, module: str = "petlab") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PETLAB_ROOT": str(project)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+
+
+def sweep_dir(project: Path) -> Path:
+    (directory,) = (project / "outputs" / "multiruns").iterdir()
+    return directory
+
+
+@pytest.mark.slow
+def test_a_four_job_k_fold_sweep_and_its_report(project: Path):
+    result = run(project, "-m", "task=species,breed", "data.folds=2", "data.fold=0,1", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = sweep_dir(project)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert (sweep / "report.md").is_file() and (sweep / "report.png").is_file()  # written by the sweep itself
+
+    report = run(project, str(sweep), module="petlab.report")
+    assert report.returncode == 0, report.stderr
+    assert "different tasks (breed, species)" in report.stdout and "4 runs (4 completed)" in report.stdout
+    runs = pd.read_csv(sweep / "report.csv")
+    assert len(runs) == 4 and set(runs["data.fold"]) == {0, 1} and set(runs["task"]) == {"species", "breed"}
+    summary = summarise(collect_runs([sweep]), "val/acc_best")
+    assert list(summary["runs"]) == [2, 2]  # the two folds of each task pooled
+    expected = runs.groupby("task")["val/acc_best"].mean().round(4)
+    assert dict(zip(summary["task"], summary["val/acc_best mean"], strict=True)) == expected.to_dict()
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(project: Path):
+    result = run(project, "-m", "model=cnn,resnet34", *TINY[2:], "data=sample", "data.image_size=24")
+    assert result.returncode == 2
+    assert "1 job(s) of the sweep failed" in result.stderr and "needs data.image_size >= 32" in result.stderr
+    runs = collect_runs([sweep_dir(project)]).set_index("model")
+    assert runs.loc["cnn", "status"] == "completed" and runs.loc["resnet34", "status"] == "failed"
+    assert "image_size" in runs.loc["resnet34", "error"]
+
+
+def test_the_report_says_what_is_wrong_with_its_input(tmp_path: Path):
+    with pytest.raises(PetlabError, match="no petlab runs"):
+        collect_runs([tmp_path])
+    half = tmp_path / "sweep" / "0" / ".hydra"
+    half.mkdir(parents=True)
+    (half / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "breed"}, "model": {"arch": "cnn"}}))
+    (half / "overrides.yaml").write_text(yaml.safe_dump(["model=cnn"]))
+    runs = collect_runs([tmp_path / "sweep"])
+    assert list(runs["status"]) == ["incomplete"]
+    assert summarise(runs, "val/acc_best").empty
+    result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "missing")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2 and "is not a directory" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_optuna_search_is_stored_resumed_and_reports_its_best(project: Path):
+    search = ["-m", "hparams_search=optuna", "test=false", *TINY]
+    first = run(project, *search, "hydra.sweeper.n_trials=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = sweep_dir(project)
+    resumed = run(project, *search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep}", "seed=1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="petlab", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) >= {"optimizer.lr", "model.dropout"}
+    assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 3  # the resumed trial did not overwrite one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_run_the_jobs_in_their_own_processes(project: Path, launcher: str):
+    options = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    result = run(project, "-m", f"hydra/launcher={launcher}", *options, "seed=1,2", "test=false", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = collect_runs([sweep_dir(project)])
+    assert list(runs["status"]) == ["completed", "completed"]
