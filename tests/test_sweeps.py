@@ -1,5 +1,6 @@
 """Sweeps as users run them: multiruns with failures, k-fold, the report, Optuna with resume, launchers."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,20 @@ def test_launchers_run_the_jobs_in_their_own_processes(project: Path, launcher: 
     assert result.returncode == 0, result.stderr[-3000:]
     runs = collect_runs([sweep_dir(project)])
     assert list(runs["status"]) == ["completed", "completed"]
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_fit_on_cpu_writes_one_run(project: Path):
+    result = run(project, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stdout + result.stderr  # two processes really trained
+    (run_dir,) = (project / "outputs" / "runs").iterdir()
+    assert [p.relative_to(project) for p in project.rglob("metrics.json")] == [
+        (run_dir / "metrics.json").relative_to(project)
+    ]
+    assert len(list((run_dir / "checkpoints").glob("last*.ckpt"))) == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    confusion = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0).to_numpy()
+    # Two ranks x 2 test batches of 16, gathered in dataset order; test/acc was reduced across ranks.
+    assert confusion.sum() == 64
+    assert metrics["test/acc"] == pytest.approx(confusion.trace() / confusion.sum(), abs=1e-6)

@@ -78,6 +78,7 @@ class PetClassifier(L.LightningModule):
         self.test_f1_macro = MulticlassF1Score(num_classes, average="macro")
         self.test_probabilities: list[torch.Tensor] = []
         self.test_targets: list[torch.Tensor] = []
+        self.test_outputs: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0, num_classes), torch.empty(0))
         # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
         self.register_buffer("val_acc_best", torch.tensor(-1.0))
         self.register_buffer("best_epoch_buffer", torch.tensor(-1))
@@ -160,13 +161,24 @@ class PetClassifier(L.LightningModule):
         targets = batch[1]
         logits = self._step(batch, "test", return_logits=True)
         self.test_f1_macro(logits, targets)
-        self.test_probabilities.append(logits.softmax(dim=1).detach().cpu())
-        self.test_targets.append(targets.detach().cpu())
+        self.test_probabilities.append(logits.softmax(dim=1).detach())
+        self.test_targets.append(targets.detach())
         self.log("test/f1_macro", self.test_f1_macro, on_step=False, on_epoch=True)
 
+    def on_test_epoch_end(self) -> None:
+        probabilities, targets = torch.cat(self.test_probabilities), torch.cat(self.test_targets)
+        if self.trainer.world_size > 1:
+            # A DistributedSampler deals image i to rank i % world_size (padding the end): gather every
+            # rank's share (a collective, so every rank calls it) and interleave back into dataset order.
+            probabilities = self.all_gather(probabilities).transpose(0, 1).reshape(-1, probabilities.shape[1])
+            targets = self.all_gather(targets).transpose(0, 1).reshape(-1)
+            size = len(self.trainer.test_dataloaders.dataset)
+            probabilities, targets = probabilities[:size], targets[:size]
+        self.test_outputs = (probabilities.cpu(), targets.cpu())
+
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities and targets of the last test run, in the test loader's order."""
-        return torch.cat(self.test_probabilities), torch.cat(self.test_targets)
+        """Class probabilities and targets of the last test run (all ranks), in the test loader's order."""
+        return self.test_outputs
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
         """One optimizer group per layer group; the lr grows geometrically from lr x backbone_lr_factor at

@@ -12,9 +12,15 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
 def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -> LRScheduler:
-    """Warm up to each parameter group's configured lr, then anneal to near zero (fastai's default)."""
+    """Warm up to each parameter group's configured lr, then anneal to near zero (fastai's default).
+
+    Very short runs warm up over at least two steps: torch's OneCycleLR divides by zero when the warm-up
+    is exactly one step long.
+    """
+    total_steps = max(1, total_steps)
+    warmup = max(pct_start, min(0.4, 2 / total_steps))
     peaks = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=peaks, total_steps=max(1, total_steps), pct_start=pct_start)
+    return OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=warmup)
 
 
 def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05) -> LRScheduler:
