@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from petlab.checkpoint import load_checkpoint
     from petlab.interpret import write_evaluation
-    from petlab.train import _scalar_metrics, _tensorboard
+    from petlab.train import scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
     L.seed_everything(cfg.seed, verbose=False)
@@ -60,8 +60,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(model, dataloaders=datamodule._loader(cfg.split))
     probabilities, targets = model.test_predictions()
     write_evaluation(output_dir, probabilities, targets, datamodule.datasets[cfg.split].paths,
-                     checkpoint.class_names, _tensorboard(trainer))  # fmt: skip
-    metrics = _scalar_metrics(trainer)
+                     checkpoint.class_names, tensorboard_writer(trainer))  # fmt: skip
+    metrics = scalar_metrics(trainer)
     metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
                     "images": len(targets)})  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

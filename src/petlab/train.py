@@ -26,7 +26,7 @@ from petlab.module import PetClassifier
 log = logging.getLogger(__name__)
 
 
-def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {
         name: round(float(value), 6)
         for name, value in trainer.callback_metrics.items()
@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and datamodule.report is not None:
         datamodule.report.save(Path(cfg.paths.output_dir))
-        if (experiment := _tensorboard(trainer)) is not None:
+        if (experiment := tensorboard_writer(trainer)) is not None:
             datamodule.report.log_to(experiment)
     check_before_fit(cfg, model, trainer)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
@@ -107,17 +107,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics: dict[str, Any] = _scalar_metrics(trainer)
+    metrics: dict[str, Any] = scalar_metrics(trainer)
     checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     if cfg.get("test") and datamodule.has_test:
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
-        metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")})
+        metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
         if trainer.is_global_zero:
             probabilities, targets = model.test_predictions()
             write_evaluation(
                 Path(cfg.paths.output_dir), probabilities, targets, datamodule.datasets["test"].paths,
-                model.class_names, _tensorboard(trainer), step=trainer.global_step,
+                model.class_names, tensorboard_writer(trainer), step=trainer.global_step,
             )  # fmt: skip
     metrics.update({
         "task": cfg.task.name, "model": cfg.model.arch, "seed": cfg.get("seed"),
@@ -138,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _tensorboard(trainer: L.Trainer) -> Any | None:
+def tensorboard_writer(trainer: L.Trainer) -> Any | None:
     """The SummaryWriter of the run's TensorBoard logger, if it has one."""
     return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
