@@ -7,7 +7,7 @@ SAMPLE := data/sample-pets
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample demo train test test-fast lint format tensorboard clean
+.PHONY: help install sample demo train test test-fast bench lint format tensorboard clean
 
 help: ## Show this list of targets
 	@echo "Usage: make TARGET [ARGS='hydra overrides']"
@@ -36,6 +36,9 @@ test: $(STAMP) ## Run the test suite (what CI runs)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+bench: sample ## Data pipeline and training throughput, e.g. make bench ARGS="--root DIR --model cnn"
+	$(BIN)/python -m petlab.bench $(ARGS)
 
 lint: $(STAMP) ## Check style with ruff
 	$(BIN)/ruff check src tests

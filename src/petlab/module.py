@@ -61,6 +61,8 @@ class PetClassifier(L.LightningModule):
         if compile:
             self.net = torch.compile(self.net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.freeze_epochs = freeze_epochs
         self.backbone_lr_factor = backbone_lr_factor
         self.channels_last = channels_last
@@ -83,8 +85,15 @@ class PetClassifier(L.LightningModule):
         self.register_buffer("val_acc_best", torch.tensor(-1.0))
         self.register_buffer("best_epoch_buffer", torch.tensor(-1))
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (0-255) or float images in [0, 1] -> the network's normalised input."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        """Class logits of uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
+        return self.net(self.normalize(images))
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self.net)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ def predict_files(checkpoint: Any, files: Sequence[Path], top_k: int, batch_size
 
     from petlab.data.transforms import build_transform, load_rgb
 
-    transform = build_transform(checkpoint.image_size, checkpoint.mean, checkpoint.std, train=False)
+    transform = build_transform(checkpoint.image_size, train=False)
     k = min(top_k, len(checkpoint.class_names))
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -78,7 +79,9 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
         best, *rest = result["top"]
         others = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in rest)
         table.add_row(result["image"], best["class"], f"{best['probability']:.3f}", others)
-    Console().print(table)
+    # Wide enough that paths print whole (a pipe or file gets 80 columns otherwise).
+    longest = max((len(result["image"]) for result in results), default=0)
+    Console(width=max(shutil.get_terminal_size().columns, longest + 60)).print(table)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")

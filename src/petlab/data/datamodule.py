@@ -12,13 +12,15 @@ import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torchvision.transforms import v2
 
+from petlab.data.cache import CachedImageDataset, build_cache, cache_path, cached_side
 from petlab.data.download import download_dataset
 from petlab.data.index import build_index
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights
 from petlab.data.splits import assign_splits
-from petlab.data.stats import channel_stats
+from petlab.data.stats import channel_stats, unnormalised
 from petlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
 from petlab.data.upsample import UPSAMPLING, SyntheticMinority
 from petlab.errors import PetlabError
@@ -70,6 +72,8 @@ class PetDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         download: bool = False,
         cache_dir: str | Path | None = None,
+        cache: bool = True,
+        cache_margin: float = 0.15,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
@@ -91,6 +95,10 @@ class PetDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.download = download
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        if not 0 <= cache_margin <= 1:
+            raise PetlabError(f"data.cache_margin={cache_margin} must be between 0 and 1 (0.15: 15% larger)")
+        self.cache, self.cache_margin = bool(cache) and self.cache_dir is not None, cache_margin
+        self.store: Path | None = None
         self.frame: pd.DataFrame | None = None
         self.report: DataReport | None = None
         self.class_names: list[str] = []
@@ -127,15 +135,27 @@ class PetDataModule(L.LightningDataModule):
         frame = frame[frame["split"] != ""]
         if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
             raise PetlabError(f"{self.root} has too few images for a train and a validation split")
+        fingerprint = index.attrs.get("fingerprint", "")
+        if self.cache:
+            side = cached_side(self.image_size, self.cache_margin)
+            target = cache_path(self.cache_dir, frame["path"].tolist(), side, fingerprint)
+            self.store, seconds = build_cache(frame["path"].tolist(), side, target)
+            if seconds:
+                log.info(f"Decoded-image cache built in {seconds:.1f} s: {self.store} "
+                         f"({self.store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
+        frame["cache_row"] = range(len(frame))
+        self.frame = frame
         train = frame[frame["split"] == "train"]
         if self.normalize == "dataset" and not self.fixed_stats:
+            source = "cache" if self.store else "files"
             self.mean, self.std = channel_stats(
-                train["path"].tolist(), self.image_size, self.num_workers, self.cache_dir,
-                key=index.attrs.get("fingerprint", ""),
+                self._dataset(train, transform=unnormalised(self.image_size)), self.num_workers, self.cache_dir,
+                key=f"{fingerprint}\0{source}\0{self.image_size}\0{self.cache_margin}\0" + "\0".join(train["path"]),
             )  # fmt: skip
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
-        self.frame = frame
-        self.datasets = {name: self._dataset(part, train=name == "train") for name, part in frame.groupby("split")}
+        self.datasets = {
+            name: self._dataset(part, self._transform(train=name == "train")) for name, part in frame.groupby("split")
+        }
         synthetic: dict[str, int] = {}
         if self.upsample == "synthetic":
             extra = SyntheticMinority(train, self.seed, self.image_size, self._transform(train=True))
@@ -148,10 +168,14 @@ class PetDataModule(L.LightningDataModule):
         log.info(self.report.text())
 
     def _transform(self, train: bool):
-        return build_transform(self.image_size, self.mean, self.std, train=train, **self.augment)
+        return build_transform(self.image_size, train=train, **self.augment)
 
-    def _dataset(self, part: pd.DataFrame, train: bool) -> ImageDataset:
-        return ImageDataset(part["path"].tolist(), part["target"].tolist(), self._transform(train))
+    def _dataset(self, part: pd.DataFrame, transform: v2.Compose) -> Dataset:
+        """The images of ``part``: from the decoded-image cache when there is one, else decoded from files."""
+        if self.store is not None:
+            return CachedImageDataset(self.store, part["cache_row"].tolist(), part["target"].tolist(), transform,
+                                      part["path"].tolist())  # fmt: skip
+        return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform)
 
     @property
     def has_test(self) -> bool:

@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from rich.progress import track
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from petlab.data.transforms import ImageDataset
+
+def unnormalised(image_size: int) -> v2.Compose:
+    """An image (PIL or uint8 tensor) as floats in [0, 1] at the working resolution."""
+    return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True),
+                       v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
 
 
 def channel_stats(
-    paths: Sequence[str], image_size: int, num_workers: int = 0, cache_dir: Path | None = None, key: str = ""
+    dataset: Dataset, num_workers: int = 0, cache_dir: Path | None = None, key: str = ""
 ) -> tuple[list[float], list[float]]:
     """Mean and std over every pixel of every image (streaming sums in float64, not a mean of per-image stds).
 
-    Cached under ``cache_dir`` by ``key`` (which should identify the files) and the image size.
+    ``dataset`` yields images transformed by :func:`unnormalised`. The result is cached under
+    ``cache_dir`` by ``key``, which must identify the images and the resolution.
     """
-    digest = hashlib.sha1(f"{key}\0{image_size}\0{chr(0).join(sorted(paths))}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     cached = Path(cache_dir) / "stats" / f"{digest}.json" if cache_dir else None
     if cached is not None and cached.is_file():
         stats = json.loads(cached.read_text())
         return stats["mean"], stats["std"]
-    resize = v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True),
-                         v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
-    loader = DataLoader(ImageDataset(paths, [0] * len(paths), resize), batch_size=64, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=64, num_workers=num_workers)
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
     count = 0
@@ -43,5 +45,5 @@ def channel_stats(
     result = [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps({"mean": result[0], "std": result[1], "images": len(paths)}))
+        cached.write_text(json.dumps({"mean": result[0], "std": result[1], "images": len(dataset)}))
     return result

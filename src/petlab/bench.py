@@ -1,0 +1,225 @@
+"""``python -m petlab.bench``: the data pipeline and training throughput, measured side by side.
+
+On the same images and settings it measures (a) the notebook-style pipeline (PIL open, resize, to
+tensor, normalise, per item per epoch), (b) petlab's pipeline cold (building the decoded-image cache)
+and warm, (c) the model's compute bound (forward, backward and optimiser step on a batch already in
+memory) and (d) petlab's end-to-end training throughput (the Lightning module fed by the data module),
+then prints images per second, the ratios b/a and d/c, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as v1
+
+from petlab.data.cache import CachedImageDataset, build_cache, cache_path, cached_side
+from petlab.data.datamodule import PetDataModule, resolve_num_workers
+from petlab.data.index import build_index
+from petlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from petlab.errors import PetlabError
+from petlab.module import PetClassifier
+
+
+class NotebookDataset(Dataset):
+    """What the user's notebook did for every item of every epoch."""
+
+    def __init__(self, paths: Sequence[str], image_size: int) -> None:
+        self.paths = list(paths)
+        self.transform = v1.Compose([v1.Resize((image_size, image_size)), v1.ToTensor(),
+                                     v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.open(self.paths[item]).convert("RGB")), 0
+
+
+def _one_pass(loader: DataLoader, normalize: bool) -> float:
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    started, count = time.perf_counter(), 0
+    for images, _ in loader:
+        if normalize:  # what PetClassifier.normalize does to each uint8 batch
+            images = (images.float().div_(255) - mean) / std
+        count += len(images)
+    return count / (time.perf_counter() - started)
+
+
+def images_per_second(loader: DataLoader, normalize: bool = False, warm_up: bool = True) -> float:
+    """Images per second over a full pass; ``normalize`` counts petlab's per-batch step.
+
+    With ``warm_up`` an untimed pass comes first, so that (with persistent workers) the timed pass is the
+    steady state of training, not worker start-up: the same for every pipeline measured.
+    """
+    if warm_up:
+        _one_pass(loader, normalize)
+    return _one_pass(loader, normalize)
+
+
+def compute_bound(model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int) -> float:
+    """Training steps on one batch already in memory: the most the data pipeline can let the model do."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(batch), targets).backward()
+        optimizer.step()
+
+    step()  # warm-up: allocations, kernel selection
+    _synchronise(batch.device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronise(batch.device)
+    return steps * len(batch) / (time.perf_counter() - started)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class _StepTimer(L.Callback):
+    """Times training batches after ``warmup`` of them, fetching included."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.finished, self.images = warmup, 0.0, 0.0, 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
+        if index == self.warmup:
+            _synchronise(module.device)
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                           index: int) -> None:  # fmt: skip
+        if index >= self.warmup:
+            _synchronise(module.device)
+            self.finished = time.perf_counter()
+            self.images += len(batch[1])
+
+
+def run_bench(
+    root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
+    workers: int | str = "auto", steps: int = 10, precision: str = "32-true", accelerator: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    """Measure (a)-(d) on the first ``images`` readable images of ``root``; return the figures."""
+    workers = resolve_num_workers(workers)
+    index = build_index(root)
+    paths = index.loc[index["readable"], "path"].tolist()[:images]
+    if len(paths) < batch_size:
+        raise PetlabError(f"{root} has {len(paths)} readable images; the bench needs at least --batch-size")
+    loader_options = {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+    results: dict[str, Any] = {"root": str(root), "model": model, "image_size": image_size,
+                               "batch_size": batch_size, "images": len(paths), "workers": workers}  # fmt: skip
+    results["a_notebook_img_s"] = images_per_second(DataLoader(NotebookDataset(paths, image_size), **loader_options))
+
+    with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
+        side = cached_side(image_size, 0.15)
+        store, build_seconds = build_cache(paths, side, cache_path(Path(cache_dir), paths, side, "bench"))
+
+        def cached(train: bool) -> DataLoader:
+            augment = {"crop_scale": (0.75, 1.0), "hflip": 0.5, "rotation": 10, "color_jitter": 0.1} if train else {}
+            transform = build_transform(image_size, train=train, **augment)
+            dataset = CachedImageDataset(store, range(len(paths)), [0] * len(paths), transform)
+            return DataLoader(dataset, **loader_options)
+
+        # Like for like with (a): decode-free resize only. The training augmentation is measured apart.
+        first_pass = len(paths) / images_per_second(cached(train=False), normalize=True, warm_up=False)
+        results["b_cold_img_s"] = len(paths) / (build_seconds + first_pass)
+        results["b_warm_img_s"] = images_per_second(cached(train=False), normalize=True)
+        results["b_warm_augmented_img_s"] = images_per_second(cached(train=True), normalize=True)
+        results["cache_mb"] = round(store.stat().st_size / 2**20, 1)
+        results["cache_build_s"] = round(build_seconds, 2)
+
+        device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+        datamodule = PetDataModule(root, image_size=image_size, batch_size=batch_size, num_workers=workers,
+                                   cache_dir=cache_dir, split="random")  # fmt: skip
+        datamodule.setup("fit")
+        module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
+                               datamodule.std)  # fmt: skip
+        net = module.net.to(device)
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
+                                  enabled=precision != "32-true")  # fmt: skip
+        with autocast:
+            results["c_compute_img_s"] = compute_bound(net, batch, targets, steps)
+
+        timer = _StepTimer(warmup=1)
+        trainer = L.Trainer(
+            accelerator=device.type, devices=1, precision=precision, max_epochs=1, limit_train_batches=steps + 1,
+            limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=datamodule)
+        results["d_end_to_end_img_s"] = timer.images / (timer.finished - timer.started)
+    results["ratio_b_warm_over_a"] = results["b_warm_img_s"] / results["a_notebook_img_s"]
+    results["ratio_d_over_c"] = results["d_end_to_end_img_s"] / results["c_compute_img_s"]
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if device.type == "cuda":
+        results["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    results["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    return {key: round(value, 3) if isinstance(value, float) else value for key, value in results.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("data/sample-pets"), help="a dataset in the pets layout")
+    parser.add_argument("--model", default="resnet34", choices=["cnn", "resnet34", "resnet50"])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=512, help="how many images to read (default 512)")
+    parser.add_argument("--workers", default="auto", help="dataloader workers for every pipeline (default auto)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps for (c) and (d)")
+    parser.add_argument("--precision", default="32-true", help="e.g. 16-mixed or bf16-mixed on a GPU")
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 64 images, 64 px, 2 steps")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.image_size, args.steps, args.batch_size = 64, 64, 2, 16
+    workers = int(args.workers) if str(args.workers).isdigit() else args.workers
+    try:
+        results = run_bench(args.root, args.model, args.image_size, args.batch_size, args.images, workers,
+                            args.steps, args.precision, args.accelerator)  # fmt: skip
+    except PetlabError as error:
+        parser.exit(2, f"error: {error}\n")
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"petlab bench: {results['images']} images from {results['root']}, {results['model']} at "
+          f"{results['image_size']} px, batch {results['batch_size']}, {results['workers']} workers, "
+          f"{results['device']}")  # fmt: skip
+    rows = [
+        ("(a) notebook pipeline (PIL per item)", results["a_notebook_img_s"]),
+        ("(b) petlab pipeline, cold (cache build)", results["b_cold_img_s"]),
+        ("(b) petlab pipeline, warm", results["b_warm_img_s"]),
+        ("    warm, with the default augmentation", results["b_warm_augmented_img_s"]),
+        ("(c) model compute bound", results["c_compute_img_s"]),
+        ("(d) petlab end-to-end training", results["d_end_to_end_img_s"]),
+    ]
+    for name, value in rows:
+        print(f"  {name:<42} {value:>10.1f} images/s")
+    print(f"  b(warm)/a = {results['ratio_b_warm_over_a']:.1f}x   d/c = {results['ratio_d_over_c']:.2f}")
+    print(f"  cache: {results['cache_mb']} MB for {results['images']} images, built in {results['cache_build_s']} s;"
+          f" peak memory {results['peak_rss_mb']} MB" + (f", GPU {results['peak_gpu_mb']} MB"
+                                                        if "peak_gpu_mb" in results else ""))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

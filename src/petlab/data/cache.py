@@ -1,0 +1,87 @@
+"""A decoded-image cache: every image decoded, converted to RGB and resized once into a uint8 memmap.
+
+Decoding a JPEG with PIL costs milliseconds per image per epoch; reading a small uint8 array from a
+memory-mapped file costs microseconds and is shared, through the page cache, by every dataloader
+worker and every later run. Images are stored square at ``image_size x (1 + margin)`` so that random
+crops still have pixels to choose from; augmentation then runs on uint8 tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.progress import track
+from torchvision.transforms import v2
+
+from petlab.data.transforms import load_rgb
+
+CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
+
+
+def cached_side(image_size: int, margin: float) -> int:
+    return round(image_size * (1 + margin))
+
+
+def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Path:
+    """Where the cache for these files at this side lives; ``key`` identifies the files' contents."""
+    digest = hashlib.sha1(f"{CACHE_FORMAT}\0{key}\0{side}\0{chr(0).join(paths)}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / "images" / f"{digest}-{side}px.npy"
+
+
+def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, float]:
+    """Decode ``paths`` into ``target`` (N, side, side, 3) uint8, unless a complete one is there.
+
+    The array is written to a ``.partial`` file and renamed, then a ``.json`` marker is written: a build
+    that was interrupted leaves no marker and is redone. Returns the path and the build time (0 if reused).
+    """
+    marker = target.with_suffix(".json")
+    if target.is_file() and marker.is_file() and json.loads(marker.read_text()).get("images") == len(paths):
+        return target, 0.0
+    started = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.stem}.{os.getpid()}.partial.npy")
+    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
+    for index, path in enumerate(track(paths, description=f"Caching {len(paths)} images at {side} px")):
+        store[index] = np.asarray(load_rgb(path).resize((side, side), Image.BILINEAR))
+    store.flush()
+    del store
+    os.replace(partial, target)
+    seconds = time.perf_counter() - started
+    marker.write_text(json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
+    return target, seconds
+
+
+class CachedImageDataset(torch.utils.data.Dataset):
+    """Rows ``indices`` of a decoded-image cache as uint8 CHW tensors, transformed, with their targets.
+
+    The memmap is opened lazily in each process (workers included), never copied into memory.
+    """
+
+    def __init__(
+        self, store: Path, indices: Sequence[int], targets: Sequence[int], transform: v2.Compose,
+        paths: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.store, self.indices, self.paths = Path(store), list(indices), list(paths)
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}  # workers open their own memory map
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        if self._array is None:
+            self._array = np.load(self.store, mmap_mode="r")
+        pixels = torch.from_numpy(np.array(self._array[self.indices[item]])).permute(2, 0, 1)  # a copy: writable
+        return self.transform(pixels), self.targets[item]

@@ -1,0 +1,34 @@
+"""The benchmark runs and its figures are sane; it is not a timed test."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from petlab.bench import run_bench
+
+PIPELINES = ("a_notebook_img_s", "b_cold_img_s", "b_warm_img_s", "c_compute_img_s", "d_end_to_end_img_s")
+
+
+def test_the_bench_measures_every_pipeline_and_derives_its_ratios(sample_root: Path):
+    results = run_bench(sample_root, model="cnn", image_size=32, batch_size=8, images=32, workers=0, steps=2)
+    assert all(results[key] > 0 for key in PIPELINES)
+    assert results["b_cold_img_s"] < results["b_warm_img_s"] * 1.5  # cold includes building the cache
+    ratio = results["b_warm_img_s"] / results["a_notebook_img_s"]
+    assert results["ratio_b_warm_over_a"] == pytest.approx(ratio, rel=1e-2)
+    assert results["ratio_d_over_c"] == pytest.approx(results["d_end_to_end_img_s"] / results["c_compute_img_s"],
+                                                      rel=1e-2)  # fmt: skip
+    assert results["images"] == 32 and results["cache_mb"] > 0 and results["peak_rss_mb"] > 100
+
+
+@pytest.mark.slow
+def test_the_quick_bench_command_prints_its_figures(sample_root: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "petlab.bench", "--quick", "--model", "cnn", "--workers", "0", "--root",
+         str(sample_root), "--json"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["image_size"] == 64 and all(figures[key] > 0 for key in PIPELINES)
