@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
-    trainer.test(model, dataloaders=datamodule._loader(cfg.split))
+    trainer.test(model, dataloaders=datamodule.loader(cfg.split))
     probabilities, targets = model.test_predictions()
     write_evaluation(output_dir, probabilities, targets, datamodule.datasets[cfg.split].paths,
                      checkpoint.class_names, tensorboard_writer(trainer))  # fmt: skip

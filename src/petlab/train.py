@@ -92,12 +92,13 @@ def find_learning_rate(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; returns the metrics also written to RUN_DIR/metrics.json."""
     started = time.perf_counter()
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     if trainer.is_global_zero and datamodule.report is not None:
-        datamodule.report.save(Path(cfg.paths.output_dir))
+        datamodule.report.save(output_dir)
         if (experiment := tensorboard_writer(trainer)) is not None:
             datamodule.report.log_to(experiment)
     check_before_fit(cfg, model, trainer)
@@ -116,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             probabilities, targets = model.test_predictions()
             write_evaluation(
-                Path(cfg.paths.output_dir), probabilities, targets, datamodule.datasets["test"].paths,
+                output_dir, probabilities, targets, datamodule.datasets["test"].paths,
                 model.class_names, tensorboard_writer(trainer), step=trainer.global_step,
             )  # fmt: skip
     metrics.update({
@@ -131,8 +132,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {k: v for k, v in metrics.items() if not k.startswith("lr-") and k != "train/batch_loss"}
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics)
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(f"Run directory: {output_dir}  (metrics.json, checkpoints/, tensorboard/)")
     return metrics

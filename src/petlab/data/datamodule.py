@@ -181,15 +181,18 @@ class PetDataModule(L.LightningDataModule):
     def has_test(self) -> bool:
         return "test" in self.datasets
 
-    def _loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
+    def loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
+        """A loader over one split (train, val or test), in order unless a sampler is given."""
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
             generator=sampler.loader_generator if sampler else None,
             num_workers=self.num_workers,
-            # Persistent workers would keep their RNG across epochs; on CPU they are restarted so that
-            # each epoch is reseeded (exact resume), on GPU the start-up time matters more.
+            # Persistent workers keep their RNG across epochs, so on CPU they are restarted to reseed each
+            # epoch (exact resume). On GPU they persist within a loader, but the default per-epoch reload
+            # (trainer.reload_dataloaders_every_n_epochs=1) still replaces them; set it to 0 to keep them
+            # for the whole run, at the price of exact resume.
             persistent_workers=self.num_workers > 0 and torch.cuda.is_available(),
             pin_memory=torch.cuda.is_available(),
         )
@@ -204,10 +207,10 @@ class PetDataModule(L.LightningDataModule):
             len(dataset), self.seed, epoch=trainer.current_epoch if trainer else 0, weights=weights,
             loader_generator=torch.Generator(),
         )  # fmt: skip
-        return self._loader("train", sampler)
+        return self.loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self.loader("test")
