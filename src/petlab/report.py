@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 
 from petlab.data.report import markdown_table
 from petlab.errors import PetlabError
+from petlab.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +105,13 @@ def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFr
     """Write report.csv (every run), report.md (summary and runs) and report.png; return the summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs, metric)
-    _atomic_write(output_dir / "report.csv", runs.to_csv(index=False))
+    write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
     markdown = ["## Summary", overview, "## Runs", markdown_table(runs.set_index("run"))]
-    _atomic_write(output_dir / "report.md", "\n\n".join(markdown) + "\n")
+    write_text_atomic(output_dir / "report.md", "\n\n".join(markdown) + "\n")
     if len(summary):
         chart(summary, metric).savefig(output_dir / "report.png", dpi=110)
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Jobs of a parallel sweep may rewrite the summary at once: never leave a half-written file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from rich.progress import track
 from torchvision.transforms import v2
 
 from petlab.data.transforms import load_rgb
+from petlab.files import partial_path, write_text_atomic
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
 
@@ -47,7 +48,7 @@ def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, fl
         return target, 0.0
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.stem}.{os.getpid()}.partial.npy")
+    partial = partial_path(target)
     store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
     for index, path in enumerate(track(paths, description=f"Caching {len(paths)} images at {side} px")):
         store[index] = np.asarray(load_rgb(path).resize((side, side), Image.BILINEAR))
@@ -55,7 +56,7 @@ def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, fl
     del store
     os.replace(partial, target)
     seconds = time.perf_counter() - started
-    marker.write_text(json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
+    write_text_atomic(marker, json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
     return target, seconds
 
 

@@ -20,6 +20,7 @@ from rich.progress import track
 
 from petlab.data.labels import SPECIES, breed_of, species_of
 from petlab.errors import PetlabError
+from petlab.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,7 @@ def build_index(root: Path, cache_dir: Path | None = None, layout: str = "pets")
     frame = _scan_pets(root, files) if layout == "pets" else _scan_folder(root, files)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.parent / f"{cached.name}.csv.partial"
-        frame.to_csv(partial, index=False)
-        os.replace(partial, cached.with_suffix(".csv"))
-        cached.with_suffix(".json").write_text(json.dumps({"root": str(root), "fingerprint": fingerprint}))
+        write_text_atomic(cached.with_suffix(".csv"), frame.to_csv(index=False))
+        write_text_atomic(cached.with_suffix(".json"), json.dumps({"root": str(root), "fingerprint": fingerprint}))
     frame.attrs["fingerprint"] = fingerprint
     return frame

@@ -11,6 +11,8 @@ from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from petlab.files import write_text_atomic
+
 
 def unnormalised(image_size: int) -> v2.Compose:
     """An image (PIL or uint8 tensor) as floats in [0, 1] at the working resolution."""
@@ -45,5 +47,5 @@ def channel_stats(
     result = [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps({"mean": result[0], "std": result[1], "images": len(dataset)}))
+        write_text_atomic(cached, json.dumps({"mean": result[0], "std": result[1], "images": len(dataset)}))
     return result
