@@ -118,6 +118,12 @@ def test_every_experiment_config_runs(make_cfg, experiment: str):
     assert 0 <= train(cfg)["val/acc"] <= 1
 
 
+def test_the_notebook_experiments_train_without_augmentation_on_whole_images(make_cfg):
+    for experiment in (name for name in EXPERIMENTS if name.startswith("notebook")):
+        data = make_cfg([f"experiment={experiment}"]).data
+        assert data.augment is None and data.crop_margin == 0, experiment
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("scheduler", ["cosine", "none"])
 def test_optimizers_and_schedulers_from_configs(make_cfg, optimizer: str, scheduler: str):
