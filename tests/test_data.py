@@ -2,14 +2,17 @@
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REAL_SAMPLE, snapshot
 from petlab.data import PetDataModule
+from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset
 from petlab.data.index import build_index
 from petlab.data.sample import generate_sample
@@ -101,6 +104,51 @@ def test_synthetic_upsampling_balances_species_from_training_cats_only(sample_ro
     assert synthetic[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_evaluation_sees_the_centre_crop_and_augmented_training_the_whole_resized_image(
+    sample_root: Path, tmp_path: Path, cache: bool
+):
+    augment = {"crop_scale": [0.75, 1.0], "hflip": 0.5}
+    module = datamodule(sample_root, tmp_path, cache=cache, crop_margin=0.25, augment=augment)
+    assert module.side == 40
+    train_images, _ = next(iter(module.train_dataloader()))
+    val_images, _ = next(iter(module.val_dataloader()))
+    assert train_images.shape[1:] == (3, 40, 40) and val_images.shape[1:] == (3, 32, 32)
+    first = module.frame[module.frame["split"] == "val"].iloc[0]
+    whole = np.array(load_rgb(first["path"]).resize((40, 40), Image.BILINEAR))
+    assert np.array_equal(val_images[0].permute(1, 2, 0).numpy(), whole[4:36, 4:36])  # same pixels, cache or not
+    unaugmented = datamodule(sample_root, tmp_path, cache=cache, crop_margin=0.25, augment={})
+    assert next(iter(unaugmented.train_dataloader()))[0].shape[1:] == (3, 32, 32)
+
+
+def test_batch_augmentation_draws_per_image_and_is_exact_when_it_should_be():
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    assert torch.allclose(BatchAugmentation(16)(images), images / 255, atol=1e-6)
+    assert torch.allclose(BatchAugmentation(16, hflip=1.0)(images), images.flip(-1) / 255, atol=1e-6)
+    same = images[:1].expand(8, -1, -1, -1)
+    for options in ({"crop_scale": (0.3, 0.6)}, {"rotation": 30}, {"color_jitter": 0.5}):
+        outputs = BatchAugmentation(8, **options)(same)
+        assert outputs.shape == (8, 3, 8, 8) and not torch.equal(outputs[0], outputs[1]), options
+
+
+def test_the_training_batches_are_augmented_on_the_device_with_seeded_parameters(sample_root: Path, tmp_path: Path):
+    augment = {"crop_scale": [0.5, 1.0], "hflip": 0.5, "rotation": 20, "color_jitter": 0.2}
+    module = datamodule(sample_root, tmp_path, augment=augment, seed=3)
+    batch = next(iter(module.train_dataloader()))
+    module.trainer = SimpleNamespace(training=False, current_epoch=0, global_rank=0)
+    assert module.on_after_batch_transfer(batch, 0) is batch  # validation, test and prediction: untouched
+
+    def augmented(epoch: int) -> torch.Tensor:
+        module.trainer = SimpleNamespace(training=True, current_epoch=epoch, global_rank=0)
+        images, targets = module.on_after_batch_transfer(next(iter(module.train_dataloader())), 0)
+        assert images.shape == (len(targets), 3, 32, 32) and images.dtype == torch.float32
+        assert images.min() >= 0 and images.max() <= 1
+        return images
+
+    assert torch.equal(augmented(1), augmented(1))  # a resumed epoch is augmented as it was the first time
+    assert not torch.equal(augmented(1), augmented(2))
+
+
 def test_weighted_sampling_draws_classes_evenly(sample_root: Path, tmp_path: Path):
     module = datamodule(sample_root, tmp_path, upsample="weighted")
     targets = torch.cat([t for _, t in module.train_dataloader()])
@@ -111,7 +159,7 @@ def test_weighted_sampling_draws_classes_evenly(sample_root: Path, tmp_path: Pat
 def test_dataset_normalisation_is_the_exact_training_split_statistic(sample_root: Path, tmp_path: Path, cache: bool):
     module = datamodule(sample_root, tmp_path, normalize="dataset", cache=cache)
     train = module.frame[module.frame["split"] == "train"]
-    resize = unnormalised(32)
+    resize = unnormalised(32, module.side)
     if cache:
         store = np.load(module.store)
         images = [resize(torch.from_numpy(store[row]).permute(2, 0, 1)) for row in train["cache_row"]]
@@ -204,6 +252,9 @@ def test_a_folder_dataset_with_one_class_is_refused(tmp_path: Path):
         ({"normalize": "minmax"}, "data.normalize"),
         ({"split": "kfold"}, "data.split"),
         ({"val_fraction": 1.2}, "val_fraction"),
+        ({"crop_margin": 2}, "data.crop_margin"),
+        ({"augment": {"crop_scale": [0.9, 0.5]}}, "data.augment.crop_scale"),
+        ({"augment": {"cutmix": 1.0}}, "unknown data.augment option cutmix"),
     ],
 )
 def test_impossible_options_are_one_line_errors(sample_root: Path, tmp_path: Path, options: dict, message: str):

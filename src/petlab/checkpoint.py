@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from petlab.data.transforms import DEFAULT_CROP_MARGIN, resized_side
 from petlab.errors import PetlabError
 from petlab.module import PetClassifier
 
@@ -27,6 +28,11 @@ class Checkpoint:
     @property
     def image_size(self) -> int:
         return int(self.model.hparams.image_size)
+
+    @property
+    def side(self) -> int:
+        """The side images are resized to before the centre ``image_size`` crop, as in validation."""
+        return resized_side(self.image_size, float(self.data_config.get("crop_margin", DEFAULT_CROP_MARGIN)))
 
     @property
     def mean(self) -> list[float]:
@@ -61,4 +67,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         {key.replace("net._orig_mod.", "net."): value for key, value in content["state_dict"].items()}
     )
     model.eval()
-    return Checkpoint(model, path, dict(content["petlab"].get("data") or {}))
+    data_config = dict(content["petlab"].get("data") or {})
+    if "cache_margin" in data_config:  # the name of crop_margin in checkpoints of petlab's first release
+        data_config["crop_margin"] = data_config.pop("cache_margin")
+    return Checkpoint(model, path, data_config)

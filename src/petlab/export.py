@@ -53,6 +53,7 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     spec = {"class_names": checkpoint.class_names, "input": "float RGB in [0, 1], shape (N, 3, S, S)",
             "image_size": checkpoint.image_size, "mean": checkpoint.mean, "std": checkpoint.std,
+            "preprocess": f"resize to {checkpoint.side}x{checkpoint.side}, centre crop {checkpoint.image_size}",
             "output": "logits, shape (N, classes)", "checkpoint": str(checkpoint.path)}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":

@@ -42,9 +42,9 @@ def predict_files(checkpoint: Any, files: Sequence[Path], top_k: int, batch_size
     """One result per file: ``{"image", "top": [{"class", "probability"}...]}`` or ``{"image", "error"}``."""
     import torch
 
-    from petlab.data.transforms import build_transform, load_rgb
+    from petlab.data.transforms import ItemTransform, load_rgb
 
-    transform = build_transform(checkpoint.image_size, train=False)
+    transform = ItemTransform(checkpoint.side, crop=checkpoint.image_size)
     k = min(top_k, len(checkpoint.class_names))
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]

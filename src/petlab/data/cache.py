@@ -2,8 +2,9 @@
 
 Decoding a JPEG with PIL costs milliseconds per image per epoch; reading a small uint8 array from a
 memory-mapped file costs microseconds and is shared, through the page cache, by every dataloader
-worker and every later run. Images are stored square at ``image_size x (1 + margin)`` so that random
-crops still have pixels to choose from; augmentation then runs on uint8 tensors.
+worker and every later run. Images are stored square at ``image_size x (1 + data.crop_margin)``, the
+size every image is first resized to (see ``petlab.data.transforms.ItemTransform``), so random crops
+still have pixels to choose from; an item is then a slice of the store, cropped and augmented on batches.
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import track
-from torchvision.transforms import v2
 
-from petlab.data.transforms import load_rgb
+from petlab.data.transforms import ItemTransform, load_rgb, resized_pixels
 from petlab.files import partial_path, write_text_atomic
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
-
-
-def cached_side(image_size: int, margin: float) -> int:
-    return round(image_size * (1 + margin))
 
 
 def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Path:
@@ -51,7 +46,7 @@ def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, fl
     partial = partial_path(target)
     store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
     for index, path in enumerate(track(paths, description=f"Caching {len(paths)} images at {side} px")):
-        store[index] = np.asarray(load_rgb(path).resize((side, side), Image.BILINEAR))
+        store[index] = resized_pixels(load_rgb(path), side)
     store.flush()
     del store
     os.replace(partial, target)
@@ -67,7 +62,7 @@ class CachedImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, store: Path, indices: Sequence[int], targets: Sequence[int], transform: v2.Compose,
+        self, store: Path, indices: Sequence[int], targets: Sequence[int], transform: ItemTransform,
         paths: Sequence[str] = (),
     ) -> None:  # fmt: skip
         self.store, self.indices, self.paths = Path(store), list(indices), list(paths)

@@ -12,16 +12,23 @@ import lightning as L
 import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
-from torchvision.transforms import v2
 
-from petlab.data.cache import CachedImageDataset, build_cache, cache_path, cached_side
+from petlab.data.augment import BatchAugmentation
+from petlab.data.cache import CachedImageDataset, build_cache, cache_path
 from petlab.data.download import download_dataset
 from petlab.data.index import build_index
 from petlab.data.report import DataReport
-from petlab.data.sampling import EpochSampler, class_balanced_weights
+from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
 from petlab.data.splits import assign_splits
 from petlab.data.stats import channel_stats, unnormalised
-from petlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, build_transform
+from petlab.data.transforms import (
+    DEFAULT_CROP_MARGIN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataset,
+    ItemTransform,
+    resized_side,
+)
 from petlab.data.upsample import UPSAMPLING, SyntheticMinority
 from petlab.errors import PetlabError
 
@@ -73,7 +80,7 @@ class PetDataModule(L.LightningDataModule):
         download: bool = False,
         cache_dir: str | Path | None = None,
         cache: bool = True,
-        cache_margin: float = 0.15,
+        crop_margin: float = DEFAULT_CROP_MARGIN,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
@@ -95,9 +102,11 @@ class PetDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.download = download
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        if not 0 <= cache_margin <= 1:
-            raise PetlabError(f"data.cache_margin={cache_margin} must be between 0 and 1 (0.15: 15% larger)")
-        self.cache, self.cache_margin = bool(cache) and self.cache_dir is not None, cache_margin
+        if not 0 <= crop_margin <= 1:
+            raise PetlabError(f"data.crop_margin={crop_margin} must be between 0 and 1 (0.15: 15% larger)")
+        self.side = resized_side(image_size, crop_margin)
+        self.cache = bool(cache) and self.cache_dir is not None
+        self.batch_augmentation = BatchAugmentation.from_config(image_size, self.augment)
         self.store: Path | None = None
         self.frame: pd.DataFrame | None = None
         self.report: DataReport | None = None
@@ -137,9 +146,8 @@ class PetDataModule(L.LightningDataModule):
             raise PetlabError(f"{self.root} has too few images for a train and a validation split")
         fingerprint = index.attrs.get("fingerprint", "")
         if self.cache:
-            side = cached_side(self.image_size, self.cache_margin)
-            target = cache_path(self.cache_dir, frame["path"].tolist(), side, fingerprint)
-            self.store, seconds = build_cache(frame["path"].tolist(), side, target)
+            target = cache_path(self.cache_dir, frame["path"].tolist(), self.side, fingerprint)
+            self.store, seconds = build_cache(frame["path"].tolist(), self.side, target)
             if seconds:
                 log.info(f"Decoded-image cache built in {seconds:.1f} s: {self.store} "
                          f"({self.store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
@@ -148,10 +156,9 @@ class PetDataModule(L.LightningDataModule):
         train = frame[frame["split"] == "train"]
         if self.normalize == "dataset" and not self.fixed_stats:
             source = "cache" if self.store else "files"
-            self.mean, self.std = channel_stats(
-                self._dataset(train, transform=unnormalised(self.image_size)), self.num_workers, self.cache_dir,
-                key=f"{fingerprint}\0{source}\0{self.image_size}\0{self.cache_margin}\0" + "\0".join(train["path"]),
-            )  # fmt: skip
+            key = "\0".join([fingerprint, source, str(self.image_size), str(self.side), *train["path"]])
+            transform = unnormalised(self.image_size, self.side)
+            self.mean, self.std = channel_stats(self._dataset(train, transform), self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
         self.datasets = {
             name: self._dataset(part, self._transform(train=name == "train")) for name, part in frame.groupby("split")
@@ -167,10 +174,12 @@ class PetDataModule(L.LightningDataModule):
         self.report = DataReport.build(frame, skipped, synthetic, notes)
         log.info(self.report.text())
 
-    def _transform(self, train: bool):
-        return build_transform(self.image_size, train=train, **self.augment)
+    def _transform(self, train: bool) -> ItemTransform:
+        # Augmented training images stay whole (at ``side``) until BatchAugmentation crops them on the device.
+        crop = None if train and self.batch_augmentation.active else self.image_size
+        return ItemTransform(self.side, crop)
 
-    def _dataset(self, part: pd.DataFrame, transform: v2.Compose) -> Dataset:
+    def _dataset(self, part: pd.DataFrame, transform: ItemTransform) -> Dataset:
         """The images of ``part``: from the decoded-image cache when there is one, else decoded from files."""
         if self.store is not None:
             return CachedImageDataset(self.store, part["cache_row"].tolist(), part["target"].tolist(), transform,
@@ -203,10 +212,10 @@ class PetDataModule(L.LightningDataModule):
         if self.upsample == "weighted":
             weights = class_balanced_weights(self.frame.loc[self.frame["split"] == "train", "target"].tolist())
         trainer = getattr(self, "trainer", None)
-        sampler = EpochSampler(
-            len(dataset), self.seed, epoch=trainer.current_epoch if trainer else 0, weights=weights,
-            loader_generator=torch.Generator(),
-        )  # fmt: skip
+        epoch = trainer.current_epoch if trainer else 0
+        sampler = EpochSampler(len(dataset), self.seed, epoch, weights=weights, loader_generator=torch.Generator())
+        # Ranks see different images, so they draw different augmentations too.
+        self.batch_augmentation.reseed(epoch_seed(self.seed, epoch, trainer.global_rank if trainer else 0))
         return self.loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -214,3 +223,11 @@ class PetDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches, now on the training device, get their random augmentation here."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training or not self.batch_augmentation.active:
+            return batch
+        images, targets = batch
+        return self.batch_augmentation(images), targets

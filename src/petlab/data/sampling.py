@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import Sampler
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A well-mixed 32-bit seed from (seed, epoch, ...): nearby inputs give unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1)[0])
 
 
 class EpochSampler(Sampler[int]):

@@ -11,13 +11,14 @@ from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from petlab.data.transforms import ItemTransform
 from petlab.files import write_text_atomic
 
 
-def unnormalised(image_size: int) -> v2.Compose:
-    """An image (PIL or uint8 tensor) as floats in [0, 1] at the working resolution."""
-    return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+def unnormalised(image_size: int, side: int) -> v2.Compose:
+    """An image (PIL or uint8 tensor) as floats in [0, 1], as validation sees it (resized to ``side``, centre
+    ``image_size`` crop)."""
+    return v2.Compose([ItemTransform(side, crop=image_size), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
 def channel_stats(

@@ -11,9 +11,8 @@ from PIL import Image
 from skimage import filters, img_as_ubyte
 from skimage.transform import rotate
 from skimage.util import random_noise
-from torchvision.transforms import v2
 
-from petlab.data.transforms import load_rgb
+from petlab.data.transforms import ItemTransform, load_rgb
 
 UPSAMPLING = ("none", "synthetic", "weighted")
 Manipulation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -41,7 +40,7 @@ class SyntheticMinority(torch.utils.data.Dataset):
     that seed. Nothing is written to disk; images are shrunk to ``2 x image_size`` first to keep it cheap.
     """
 
-    def __init__(self, train: pd.DataFrame, seed: int, image_size: int, transform: v2.Compose) -> None:
+    def __init__(self, train: pd.DataFrame, seed: int, image_size: int, transform: ItemTransform) -> None:
         self.seed, self.max_side, self.transform = seed, 2 * image_size, transform
         self.sources: list[tuple[Sequence[str], int]] = []
         for target, missing in sorted(shortfall(train["target"]).items()):
