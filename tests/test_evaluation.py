@@ -130,6 +130,14 @@ def test_export_never_overwrites(trained_run: Path, tmp_path: Path):
     assert result.returncode == 2 and "already exists" in result.stderr and target.read_text() == "keep me"
 
 
+def test_checkpoints_tell_predict_the_evaluation_crop_also_those_of_the_first_release(trained_run, tmp_path):
+    current = load_checkpoint(best_checkpoint(trained_run))
+    content = torch.load(best_checkpoint(trained_run), weights_only=True)
+    content["petlab"]["data"]["cache_margin"] = content["petlab"]["data"].pop("crop_margin")  # its old name
+    torch.save(content, tmp_path / "first_release.ckpt")
+    assert load_checkpoint(tmp_path / "first_release.ckpt").side == current.side == round(32 * 1.15)
+
+
 def test_files_that_are_not_petlab_checkpoints_are_refused(tmp_path: Path):
     (tmp_path / "garbage.ckpt").write_bytes(b"\\x80\\x04not really")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")
