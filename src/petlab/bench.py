@@ -3,7 +3,8 @@
 On the same images and settings it measures (a) the notebook-style pipeline (PIL open, resize, to
 tensor, normalise, per item per epoch), (b) petlab's pipeline cold (building the decoded-image cache)
 and warm, (c) the model's compute bound (forward, backward and optimiser step on a batch already in
-memory) and (d) petlab's end-to-end training throughput (the Lightning module fed by the data module),
+memory) and (d) petlab's end-to-end training throughput (the Lightning module fed by the data module,
+with the default augmentation of ``conf/data/oxford_pet.yaml``),
 then prints images per second, the ratios b/a and d/c, and peak memory.
 """
 
@@ -20,10 +21,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 
+from petlab.config import config_dir
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path
 from petlab.data.datamodule import PetDataModule, resolve_num_workers
@@ -113,6 +116,11 @@ class _StepTimer(L.Callback):
             self.images += len(batch[1])
 
 
+def default_augmentation() -> dict[str, Any]:
+    """``data.augment`` as the data config sets it: what a training run does unless told otherwise."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "oxford_pet.yaml").augment)
+
+
 def run_bench(
     root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
     workers: int | str = "auto", steps: int = 10, precision: str = "32-true", accelerator: str = "auto",
@@ -137,7 +145,8 @@ def run_bench(
             return DataLoader(dataset, **loader_options)
 
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        augmentation = BatchAugmentation(image_size, crop_scale=(0.75, 1.0), hflip=0.5, rotation=10, color_jitter=0.1)
+        augment = default_augmentation()
+        augmentation = BatchAugmentation.from_config(image_size, augment)
 
         def normalised(images: torch.Tensor) -> torch.Tensor:
             return normalize_batch(images, mean, std)
@@ -157,7 +166,7 @@ def run_bench(
 
         device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
         datamodule = PetDataModule(root, image_size=image_size, batch_size=batch_size, num_workers=workers,
-                                   cache_dir=cache_dir, split="random")  # fmt: skip
+                                   augment=augment, cache_dir=cache_dir, split="random")  # fmt: skip
         datamodule.setup("fit")
         module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
                                datamodule.std)  # fmt: skip

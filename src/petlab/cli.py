@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from petlab.errors import PetlabError
+from petlab.sweep import mark_failed
 
 log = logging.getLogger("petlab")
 Result = TypeVar("Result")
@@ -67,8 +67,7 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
                 print(f"error: {problem}", file=sys.stderr)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 output_dir = Path(HydraConfig.get().runtime.output_dir)
-                status = {"status": "failed", "error": str(problem)}
-                (output_dir / "job_status.json").write_text(json.dumps(status) + "\n")
+                mark_failed(output_dir, str(problem))
                 failed_jobs.append(f"job {HydraConfig.get().job.num} ({output_dir}): {problem}")
                 return None
             raise SystemExit(2) from None

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from petlab.data.report import markdown_table
 from petlab.errors import PetlabError
 from petlab.files import write_text_atomic
+from petlab.sweep import JOB_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ IGNORED_OVERRIDES = ("hydra.", "paths.", "ckpt_path")
 def _status(run: Path) -> tuple[str, str]:
     if (run / "metrics.json").is_file():
         return "completed", ""
-    marker = run / "job_status.json"
+    marker = run / JOB_STATUS
     if marker.is_file():
         status = json.loads(marker.read_text())
         return status.get("status", "failed"), status.get("error", "")

@@ -12,6 +12,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+JOB_STATUS = "job_status.json"  # in a job's directory; petlab.report reads it
+
+
+def mark_failed(output_dir: Path, error: str) -> None:
+    """Record in a job's directory that it failed, and why: the sweep report lists it."""
+    (output_dir / JOB_STATUS).write_text(json.dumps({"status": "failed", "error": error}) + "\n")
 
 
 class SweepSummary(Callback):
@@ -28,8 +34,7 @@ class SweepSummary(Callback):
         output_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED:
             error = job_return._return_value
-            status = {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
-            (output_dir / "job_status.json").write_text(json.dumps(status) + "\n")
+            mark_failed(output_dir, f"{type(error).__name__}: {error}".splitlines()[0])
         if config.hydra.mode and str(config.hydra.mode).endswith("MULTIRUN"):
             self._summarise(Path(config.hydra.sweep.dir))
 

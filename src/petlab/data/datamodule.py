@@ -198,10 +198,9 @@ class PetDataModule(L.LightningDataModule):
             sampler=sampler,
             generator=sampler.loader_generator if sampler else None,
             num_workers=self.num_workers,
-            # Persistent workers keep their RNG across epochs, so on CPU they are restarted to reseed each
-            # epoch (exact resume). On GPU they persist within a loader, but the default per-epoch reload
-            # (trainer.reload_dataloaders_every_n_epochs=1) still replaces them; set it to 0 to keep them
-            # for the whole run, at the price of exact resume.
+            # Persistent on GPU only, where worker start-up would show. The default per-epoch reload
+            # (trainer.reload_dataloaders_every_n_epochs=1, which makes resume exact) still replaces them
+            # each epoch; set it to 0 to keep them for the whole run, at the price of exact resume.
             persistent_workers=self.num_workers > 0 and torch.cuda.is_available(),
             pin_memory=torch.cuda.is_available(),
         )

@@ -20,8 +20,9 @@ class EpochSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` before each epoch. That also reseeds ``loader_generator`` (the
     DataLoader's, from which worker seeds come) and, when iteration starts, Python's, NumPy's and torch's
-    global generators (augmentation in the main process, dropout). Nothing then depends on what ran
-    before, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+    global generators (dropout; augmentation has its own generator, reseeded with the loader). Nothing
+    then depends on what ran before, so a run resumed from a checkpoint continues exactly as an
+    uninterrupted one.
     """
 
     def __init__(

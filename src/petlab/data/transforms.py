@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from petlab.errors import PetlabError
 
@@ -46,7 +45,7 @@ def resized_pixels(image: Image.Image, side: int) -> np.ndarray:
 
 
 class ItemTransform:
-    """PIL image or uint8 CHW tensor -> uint8 CHW tensor resized to ``side`` (a no-op for cached images).
+    """PIL image (resized to ``side``) or uint8 CHW tensor already at ``side`` (a cached image) -> uint8 CHW tensor.
 
     With ``crop``, the centre ``crop`` x ``crop`` square is kept: how validation, test and prediction see
     images (with the default 15% margin, the usual 0.87 crop ratio). Without, the whole resized image is
@@ -64,8 +63,6 @@ class ItemTransform:
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(image, Image.Image):
             image = torch.from_numpy(resized_pixels(image, self.side)).permute(2, 0, 1)
-        elif tuple(image.shape[-2:]) != (self.side, self.side):
-            image = v2.functional.resize(image, [self.side, self.side], antialias=True)
         if self.crop is None:
             return image
         start = (self.side - self.crop) // 2
