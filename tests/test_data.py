@@ -1,6 +1,9 @@
 """The data module on a dataset with the release's flaws, and everything it must never do."""
 
 import logging
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +22,7 @@ from petlab.data.sample import generate_sample
 from petlab.data.stats import unnormalised
 from petlab.data.transforms import load_rgb
 from petlab.errors import PetlabError
+from petlab.files import partial_path
 
 
 def datamodule(root: Path, tmp_path: Path, **options) -> PetDataModule:
@@ -278,3 +282,76 @@ def test_the_real_release_sample_is_read_with_its_quirks(tmp_path: Path):
     module = datamodule(REAL_SAMPLE, tmp_path, task="breed")
     assert module.class_names == ["Abyssinian", "Bengal", "american_bulldog"]
     assert snapshot(REAL_SAMPLE) == before
+
+
+def folder_dataset(root: Path, source: Path, folders: dict[str, int]) -> Path:
+    """``root/FOLDER/CLASS/*.jpg``: ``count`` images of two breeds (as classes) in each named folder."""
+    images = iter(sorted((source / "images").glob("*.jpg")))
+    for folder, count in folders.items():
+        for animal in ("bengal", "pug"):
+            (root / folder / animal).mkdir(parents=True)
+            for _ in range(count):
+                image = next(images)
+                (root / folder / animal / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "test"),
+    [("train", "validation", None), ("train", "valid", "test"), ("Training", "Val", "Testing")],
+)
+def test_the_usual_split_folder_names_are_used_and_reported(tmp_path: Path, caplog, train, val, test):
+    source = generate_sample(tmp_path / "pets", per_breed=2, size=32)
+    folders = {train: 6, val: 2, **({test: 2} if test else {}), "extras": 3}
+    root = folder_dataset(tmp_path / "folders", source, folders)
+    (root / "notes.txt").write_text("not an image, not in a folder")
+    with caplog.at_level(logging.WARNING):
+        module = datamodule(root, tmp_path, layout="folder")
+    frame = module.frame
+    assert (frame.loc[frame["split"] == "val", "path"].str.contains(f"/{val}/")).all()
+    assert (frame["split"] == "val").sum() == 4 and (frame["split"] == "train").sum() == 12
+    assert (frame["split"] == "test").sum() == (4 if test else 0)
+    assert f"{val}/ -> val" in module.report.text() and f"{train}/ -> train" in module.report.text()
+    stray = [record for record in caplog.records if "extras/" in record.getMessage()]
+    assert len(stray) == 1 and "6 files" in stray[0].getMessage() and "not a split folder" in stray[0].getMessage()
+
+
+def test_a_folder_dataset_without_a_validation_folder_says_validation_is_carved_from_train(tmp_path: Path):
+    source = generate_sample(tmp_path / "pets", per_breed=2, size=32)
+    module = datamodule(
+        folder_dataset(tmp_path / "folders", source, {"train": 8, "test": 2}), tmp_path, layout="folder"
+    )
+    assert (module.frame["split"] == "val").sum() > 0 and "carved from train" in module.report.text()
+
+
+def test_an_image_too_large_to_decode_safely_is_skipped_or_accepted_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    root = generate_sample(tmp_path / "pets", per_breed=4, size=32, seed=2)
+    bomb = root / "images" / "Bengal_1.jpg"  # a JPEG whose header says 14000 x 14000: PIL refuses to open it
+    data = bytearray(bomb.read_bytes())
+    frame_header = data.index(b"\xff\xc0")
+    data[frame_header + 5 : frame_header + 9] = (14000).to_bytes(2, "big") * 2
+    bomb.write_bytes(bytes(data))
+    module = datamodule(root, tmp_path)
+    problem = module.report.skipped.set_index("name").loc["Bengal_1", "problem"]
+    assert problem.startswith("too large") and "data.max_image_pixels" in problem
+    assert "Bengal_1" not in set(module.frame["name"])
+    large = root / "images" / "Bengal_2.jpg"
+    Image.open(large).resize((80, 80)).save(large)  # 6,400 pixels; the others have 32 x 32 = 1,024
+    assert "Bengal_2" in set(datamodule(root, tmp_path, max_image_pixels=5000).report.skipped["name"])
+    assert "Bengal_2" in set(datamodule(root, tmp_path, max_image_pixels=6400).frame["name"])
+
+
+def test_stale_partial_files_of_interrupted_builds_are_removed_and_live_ones_kept(sample_root: Path, tmp_path):
+    images = tmp_path / "cache" / "images"
+    images.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname().replace(".", "-")
+    stale = images / f".old.npy.{host}.{dead.stdout.strip()}.partial"  # its process was killed mid-build
+    stale.write_bytes(b"half a cache")
+    live = partial_path(images / "building.npy")  # this process is still writing it
+    live.write_bytes(b"being written")
+    foreign = images / ".other.npy.another-host.1.partial"
+    foreign.write_bytes(b"a build on another machine of a shared file system")
+    datamodule(sample_root, tmp_path)
+    assert not stale.exists() and live.exists() and foreign.exists()

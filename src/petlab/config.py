@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from petlab.errors import PetlabError
+
 CHECKOUT_DIR = Path(__file__).resolve().parents[2]  # src/petlab/config.py -> the checkout
 
 
@@ -66,3 +68,11 @@ def flatten(config: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, 
         else:
             flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
     return flat
+
+
+def whole_number(name: str, value: Any, minimum: int, maximum: int | None = None, hint: str = "") -> int:
+    """``value`` if it is a whole number in [minimum, maximum]; else a PetlabError naming the key and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
+        valid = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise PetlabError(f"{name}={value!r} is not valid: it must be a whole number {valid}{hint}")
+    return value

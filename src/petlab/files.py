@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")
+
+
 def partial_path(path: Path) -> Path:
-    """A private name beside ``path`` for this process to write to before renaming it into place."""
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+    """A private name beside ``path`` for this process to write to before renaming it into place.
+
+    The name holds the host and process id, so that :func:`remove_stale_partials` can tell a build that
+    was interrupted from one that is still running.
+    """
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.partial")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(directory: Path) -> list[Path]:
+    """Delete the partial files in ``directory`` of processes of this host that no longer run.
+
+    An interrupted cache build leaves one (as large as the cache); one that another process is still
+    writing, or that a process on another host of a shared file system wrote, is left alone.
+    """
+    removed = []
+    for partial in Path(directory).glob(".*.partial"):
+        _name, host, pid, _suffix = partial.name.rsplit(".", 3)
+        if host == _host() and pid.isdigit() and not _running(int(pid)):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from rich.progress import track
 
 from petlab.data.transforms import ItemTransform, load_rgb, resized_pixels
-from petlab.files import partial_path, write_text_atomic
+from petlab.files import partial_path, remove_stale_partials, write_text_atomic
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
 
@@ -43,6 +43,7 @@ def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, fl
         return target, 0.0
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent)
     partial = partial_path(target)
     store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
     for index, path in enumerate(track(paths, description=f"Caching {len(paths)} images at {side} px")):

@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from petlab.config import whole_number
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path
 from petlab.data.download import download_dataset
-from petlab.data.index import build_index
+from petlab.data.index import DEFAULT_MAX_IMAGE_PIXELS, allow_image_pixels, build_index, split_folders
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
 from petlab.data.splits import assign_splits
@@ -47,10 +48,29 @@ def resolve_num_workers(num_workers: int | str) -> int:
     return num_workers
 
 
+MIN_IMAGE_SIZE = 16  # the CNN's four poolings need 16 px; models that need more say so themselves
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise PetlabError(f"unknown {name}={value!r}: choose one of {', '.join(choices)}")
     return value
+
+
+def warn_skipped(skipped: pd.DataFrame) -> None:
+    """One warning per reason: files skipped for the same reason (a whole stray folder) share one line."""
+    for problem, names in skipped.groupby("problem", sort=False)["name"]:
+        files = names.iloc[0] if len(names) == 1 else f"{len(names)} files ({', '.join(names.iloc[:3])}, ...)"
+        log.warning(f"skipping {files}: {problem}")
+
+
+def split_folder_note(root: Path) -> str:
+    """Which folder of a folder dataset became which split, for the data report."""
+    folders = split_folders(root)
+    mapping = ", ".join(f"{name}/ -> {split}" for name, split in folders.items())
+    if "val" in folders.values():
+        return f"Split folders: {mapping}."
+    return f"Split folders: {mapping}; no val/, valid/ or validation/ folder, so validation is carved from train."
 
 
 class PetDataModule(L.LightningDataModule):
@@ -78,6 +98,7 @@ class PetDataModule(L.LightningDataModule):
         normalize: str = "imagenet",
         augment: dict[str, Any] | None = None,
         download: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         cache_dir: str | Path | None = None,
         cache: bool = True,
         crop_margin: float = DEFAULT_CROP_MARGIN,
@@ -89,8 +110,10 @@ class PetDataModule(L.LightningDataModule):
         self.layout = _choice("data.layout", layout, ("pets", "folder"))
         self.upsample = _choice("data.upsample", upsample, UPSAMPLING)
         self.normalize = _choice("data.normalize", normalize, NORMALIZATIONS)
-        if image_size < 16 or batch_size < 1:
-            raise PetlabError(f"data.image_size={image_size} and data.batch_size={batch_size} are too small")
+        whole_number("data.image_size", image_size, MIN_IMAGE_SIZE, hint=" (pixels; 128 is the default)")
+        whole_number("data.batch_size", batch_size, 1)
+        allow_image_pixels(max_image_pixels)
+        self.max_image_pixels = max_image_pixels
         if download and layout != "pets":
             raise PetlabError("data.download=true fetches Oxford-IIIT Pet; it needs data.layout=pets")
         self.root = Path(root).expanduser()
@@ -124,11 +147,10 @@ class PetDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
-        index = build_index(self.root, self.cache_dir, self.layout)
+        index = build_index(self.root, self.cache_dir, self.layout, self.max_image_pixels)
         frame = index[index["readable"]].copy()
         skipped = index.loc[~index["readable"], ["name", "problem"]]
-        for row in skipped.itertuples():
-            log.warning(f"skipping {row.name}: {row.problem}")
+        warn_skipped(skipped)
         if frame.empty:
             raise PetlabError(f"no readable images in {self.root}")
         if self.layout == "pets":
@@ -169,6 +191,8 @@ class PetDataModule(L.LightningDataModule):
             self.datasets["train"] = ConcatDataset([self.datasets["train"], extra])
             synthetic = pd.Series([self.class_names[t] for _, t in extra.sources]).value_counts().to_dict()
         notes = [f"{unused} images are in no split of data.split={self.split} and are not used."] if unused else []
+        if self.layout == "folder" and self.split == "official":
+            notes.append(split_folder_note(self.root))
         if self.upsample != "none":
             notes.append(f"data.upsample={self.upsample}: training classes balanced to the largest class.")
         self.report = DataReport.build(frame, skipped, synthetic, notes)
@@ -226,7 +250,8 @@ class PetDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches, now on the training device, get their random augmentation here."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.training or not self.batch_augmentation.active:
+        # The model summary's example input passes here too: a bare tensor, not a training batch.
+        if trainer is None or not trainer.training or not self.batch_augmentation.active or torch.is_tensor(batch):
             return batch
         images, targets = batch
         return self.batch_augmentation(images), targets

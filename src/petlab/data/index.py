@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,18 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
+from petlab.config import whole_number
 from petlab.data.labels import SPECIES, breed_of, species_of
 from petlab.errors import PetlabError
-from petlab.files import write_text_atomic
+from petlab.files import remove_stale_partials, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["path", "name", "species", "breed", "label", "official_split", "width", "height", "mode",
                  "readable", "problem"]  # fmt: skip
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+# PIL's own decompression-bomb limit (it refuses images over twice its MAX_IMAGE_PIXELS); data.max_image_pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
 @dataclass(frozen=True)
@@ -75,41 +79,60 @@ def read_annotations(root: Path) -> Annotations:
     return Annotations(species, split, problems)
 
 
-def inspect_image(path: Path) -> tuple[int, int, str, str]:
+def allow_image_pixels(limit: int) -> None:
+    """Let PIL decode images of up to ``limit`` pixels in this process (and the workers it forks).
+
+    PIL guards against decompression bombs with a process-wide limit; petlab skips larger images while
+    indexing (see :func:`inspect_image`), so nothing larger ever reaches the decoder.
+    """
+    Image.MAX_IMAGE_PIXELS = whole_number("data.max_image_pixels", limit, 1)
+
+
+def inspect_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int, str, str]:
     """Width, height, mode and problem ("" when the file decodes) of one image file."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # reported below, as a skipped file
+            image = Image.open(path)
+        with image:
             width, height, mode = image.width, image.height, image.mode
+            if width * height > max_pixels:
+                size = f"{width}x{height} is {width * height:,} pixels, over data.max_image_pixels={max_pixels}"
+                return width, height, mode, f"too large: {size} (a decompression-bomb guard); raise it to use it"
             image.draft("RGB", (64, 64))  # JPEG decodes at reduced scale: catches corrupt data, fast
             image.load()
         return width, height, mode, ""
+    except Image.DecompressionBombError as error:  # over PIL's own limit, before the size is known here
+        return 0, 0, "", f"too large: {error} Raise data.max_image_pixels to use this image"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         return 0, 0, "", f"cannot decode: {error}"
 
 
 LAYOUTS = ("pets", "folder")
-SPLIT_FOLDERS = ("train", "val", "test")
+# The names of split folders in folder datasets (any case): what each becomes.
+SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                      "test": "test", "testing": "test"}  # fmt: skip
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
-def _fingerprint(files: list[Path]) -> str:
-    digest = hashlib.sha1(str(INDEX_VERSION).encode())
+def _fingerprint(files: list[Path], max_pixels: int) -> str:
+    digest = hashlib.sha1(f"{INDEX_VERSION}\0{max_pixels}".encode())
     for path in sorted(files):
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _row(path: Path, name: str, problem: str, **labels: str) -> dict:
+def _row(path: Path, name: str, problem: str, max_pixels: int, **labels: str) -> dict:
     width, height, mode = 0, 0, ""
     if not problem:
-        width, height, mode, problem = inspect_image(path)
+        width, height, mode, problem = inspect_image(path, max_pixels)
     row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
     row.update(labels)
     return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem}
 
 
-def _scan_pets(root: Path, files: list[Path]) -> pd.DataFrame:
+def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
     annotations = read_annotations(root)
     for problem in annotations.problems:
         log.warning(problem)
@@ -117,15 +140,15 @@ def _scan_pets(root: Path, files: list[Path]) -> pd.DataFrame:
     for path in track(sorted(files), description="Indexing images", transient=True):
         name, breed = path.stem, breed_of(path.stem)
         if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-            rows.append(_row(path, name, f"not an image file ({path.suffix or 'no extension'})"))
+            rows.append(_row(path, name, f"not an image file ({path.suffix or 'no extension'})", max_pixels))
             continue
         if breed is None:
-            rows.append(_row(path, name, "name is not BREED_NUMBER"))
+            rows.append(_row(path, name, "name is not BREED_NUMBER", max_pixels))
             continue
         listed = annotations.species.get(name)
         if listed is not None and listed != species_of(name):
             log.warning(f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name")
-        rows.append(_row(path, name, "", species=species_of(name), breed=breed,
+        rows.append(_row(path, name, "", max_pixels, species=species_of(name), breed=breed,
                          official_split=annotations.split.get(name, "")))  # fmt: skip
     present = {row["name"] for row in rows}
     missing = sorted(set(annotations.split) - present)
@@ -137,30 +160,59 @@ def _scan_pets(root: Path, files: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
-def _scan_folder(root: Path, files: list[Path]) -> pd.DataFrame:
-    has_val = (root / "val").is_dir()
+def split_folders(root: Path) -> dict[str, str]:
+    """The top-level folders of a folder dataset that hold a split, and which: ``{"validation": "val", ...}``."""
+    return {
+        entry.name: SPLIT_FOLDER_NAMES[entry.name.lower()]
+        for entry in sorted(os.scandir(root), key=lambda entry: entry.name)
+        if entry.is_dir() and entry.name.lower() in SPLIT_FOLDER_NAMES
+    }
+
+
+def _misplaced(parts: tuple[str, ...], splits: dict[str, str]) -> str:
+    """Why a file of a folder dataset has no place; the same words for every file of one folder."""
+    folders = "/".join(parts[:-1])
+    if not splits:
+        return "not in a CLASS/ folder" if len(parts) == 1 else f"in {folders}/: classes are the top-level folders"
+    if len(parts) == 1:
+        return "not in a SPLIT/CLASS/ folder"
+    if parts[0] not in splits:
+        names = ", ".join(sorted(SPLIT_FOLDER_NAMES))
+        return f"in {parts[0]}/, which is not a split folder ({names}): not used"
+    if len(parts) == 2:
+        return f"directly in {parts[0]}/, not in {parts[0]}/CLASS/"
+    return f"in {folders}/: classes are the folders directly under {parts[0]}/"
+
+
+def _scan_folder(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
+    splits = split_folders(root)
+    # Without a validation folder, validation is carved out of the training folder.
+    train_split = "train" if "val" in splits.values() else "trainval"
     rows = []
     for path in track(sorted(files), description="Indexing images", transient=True):
         parts = path.relative_to(root).parts
-        if len(parts) == 3 and parts[0] in SPLIT_FOLDERS:
-            split = "trainval" if parts[0] == "train" and not has_val else parts[0]
+        if splits and len(parts) == 3 and parts[0] in splits:
+            split = train_split if splits[parts[0]] == "train" else splits[parts[0]]
             label = parts[1]
-        elif len(parts) == 2 and parts[0] not in SPLIT_FOLDERS:
+        elif not splits and len(parts) == 2:
             split, label = "", parts[0]
         else:
-            rows.append(_row(path, path.stem, "not in a CLASS/ or SPLIT/CLASS/ folder"))
+            rows.append(_row(path, path.stem, _misplaced(parts, splits), max_pixels))
             continue
         problem = "" if path.suffix.lower() in IMAGE_SUFFIXES else f"not an image file ({path.suffix})"
-        rows.append(_row(path, path.stem, problem, label=label, official_split=split))
+        rows.append(_row(path, path.stem, problem, max_pixels, label=label, official_split=split))
     return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
-def build_index(root: Path, cache_dir: Path | None = None, layout: str = "pets") -> pd.DataFrame:
+def build_index(
+    root: Path, cache_dir: Path | None = None, layout: str = "pets", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> pd.DataFrame:
     """Index a dataset (cached under ``cache_dir`` when given, never inside ``root``).
 
     ``layout="pets"``: ``root/images/BREED_N.jpg`` and ``root/annotations/`` as released.
-    ``layout="folder"``: ``root/SPLIT/CLASS/*.jpg`` (SPLIT is train, val or test) or ``root/CLASS/*.jpg``.
-    ``frame.attrs["fingerprint"]`` identifies the files indexed.
+    ``layout="folder"``: ``root/SPLIT/CLASS/*.jpg`` (SPLIT is one of :data:`SPLIT_FOLDER_NAMES`) or
+    ``root/CLASS/*.jpg``. Images over ``max_pixels`` are skipped. ``frame.attrs["fingerprint"]`` identifies
+    the files indexed.
     """
     if layout not in LAYOUTS:
         raise PetlabError(f"unknown data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -177,7 +229,7 @@ def build_index(root: Path, cache_dir: Path | None = None, layout: str = "pets")
         fingerprinted = files
     if not files:
         raise PetlabError(f"{images} is empty: it should hold the dataset's images")
-    fingerprint = _fingerprint(fingerprinted)
+    fingerprint = _fingerprint(fingerprinted, max_pixels)
     cached = None
     if cache_dir is not None:
         cached = Path(cache_dir) / "index" / hashlib.sha1(f"{layout}:{root}".encode()).hexdigest()[:16]
@@ -187,9 +239,11 @@ def build_index(root: Path, cache_dir: Path | None = None, layout: str = "pets")
             frame = frame.astype({"readable": bool})
             frame.attrs["fingerprint"] = fingerprint
             return frame
-    frame = _scan_pets(root, files) if layout == "pets" else _scan_folder(root, files)
+    scan = _scan_pets if layout == "pets" else _scan_folder
+    frame = scan(root, files, max_pixels)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(cached.parent)
         write_text_atomic(cached.with_suffix(".csv"), frame.to_csv(index=False))
         write_text_atomic(cached.with_suffix(".json"), json.dumps({"root": str(root), "fingerprint": fingerprint}))
     frame.attrs["fingerprint"] = fingerprint

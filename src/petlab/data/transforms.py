@@ -27,7 +27,7 @@ def load_rgb(path: str | Path) -> Image.Image:
                 canvas.paste(rgba, mask=rgba.getchannel("A"))
                 return canvas
             return image.convert("RGB")
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise PetlabError(f"cannot read image {path}: {error}") from error
 
 
