@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from petlab.cli import user_error
+from petlab.errors import PetlabError
+from petlab.train import train
+
 COMMON = [
     "data=sample", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
@@ -80,3 +84,46 @@ def test_two_runs_started_together_never_share_a_directory(tmp_path: Path, sampl
     directories = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(directories) == 2
     assert all((d / "metrics.json").is_file() for d in directories)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not valid: it must be a whole number >= -1"),
+        ("seed=abc", "seed='abc' is not valid: it must be a whole number from 0 to 4294967295"),
+        ("optimizer.lr=-1", "refuses optimizer.lr=-1"),
+        ("data.image_size=-5", "data.image_size=-5 is not valid: it must be a whole number >= 16"),
+        ("data.batch_size=0", "data.batch_size=0 is not valid: it must be a whole number >= 1"),
+        ("trainer.precision=abc", "trainer cannot be built from the config (Precision 'abc' is invalid"),
+    ],
+)
+def test_wrong_values_are_one_line_errors_naming_the_value_and_the_valid_range(make_cfg, override, message):
+    with pytest.raises(Exception) as raised:
+        train(make_cfg(["model=cnn", override]))
+    problem = user_error(raised.value)
+    assert isinstance(problem, PetlabError) and message in str(problem) and "\n" not in str(problem)
+
+
+def test_a_run_that_fails_on_its_config_leaves_no_directory(tmp_path: Path, sample_root: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
+    result = petlab(*COMMON, "model=cnn", "trainer.max_epochs=abc", cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "trainer.max_epochs='abc'" in errors[0] and "Traceback" not in result.stderr
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+@pytest.mark.slow
+def test_the_console_shows_the_run_without_library_noise(tmp_path: Path, sample_root: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
+    result = petlab(*COMMON, "model=cnn", "trainer.log_every_n_steps=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    assert console.count("Images per class and split") == 1 and console.count("Run directory:") == 1
+    for noise in ("INFO: ", "Directory watcher", "LeafSpec", "Total FLOPs: 0", "GPU available", "litlogger"):
+        assert noise not in console, noise
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert "GPU available" in (run / "__main__.log").read_text()  # kept in the run's log

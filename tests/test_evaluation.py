@@ -147,3 +147,10 @@ def test_files_that_are_not_petlab_checkpoints_are_refused(tmp_path: Path):
         load_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(PetlabError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_predict_on_nothing_but_non_images_is_an_error(trained_run: Path, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = petlab("petlab.predict", f"ckpt_path={best_checkpoint(trained_run)}", f"images=[{tmp_path}]", cwd=tmp_path)
+    assert result.returncode == 2 and "none of the 2 files" in result.stderr and "Traceback" not in result.stderr

@@ -83,6 +83,21 @@ def test_the_report_says_what_is_wrong_with_its_input(tmp_path: Path):
     assert result.returncode == 2 and "is not a directory" in result.stderr
 
 
+def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others_reported(tmp_path: Path):
+    for job, metrics in (("0", '{"val/acc_best": 0.75, "test/acc": 0.5}'), ("1", '{"val/acc_best": 0.')):
+        hydra = tmp_path / "sweep" / job / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "breed"}, "model": {"arch": "cnn"}}))
+        (hydra / "overrides.yaml").write_text(yaml.safe_dump([f"seed={job}"]))
+        (hydra.parent / "metrics.json").write_text(metrics)
+    result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 runs (1 completed, 1 unreadable)" in result.stdout and "metrics.json is unreadable" in result.stderr
+    runs = pd.read_csv(tmp_path / "sweep" / "report.csv").set_index("seed")
+    assert runs.loc[0, "val/acc_best"] == 0.75 and runs.loc[1, "status"] == "unreadable"
+
+
 @pytest.mark.slow
 def test_an_optuna_search_is_stored_resumed_and_reports_its_best(project: Path):
     search = ["-m", "hparams_search=optuna", "test=false", *TINY]

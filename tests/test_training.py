@@ -170,7 +170,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, samp
     process.wait()
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = subprocess.run([*args, "ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    # A bare resume: the run's own saved config, nothing repeated.
+    resumed = subprocess.run([sys.executable, "-m", "petlab", "ckpt_path=last"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "outputs" / "runs").iterdir()) == ["killed"]
     again = json.loads((run_dir / "metrics.json").read_text())

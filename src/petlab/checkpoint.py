@@ -43,21 +43,31 @@ class Checkpoint:
         return list(self.model.hparams.std)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint written by ``python -m petlab`` (``weights_only=True``: no code is executed)."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The content of a checkpoint written by ``python -m petlab`` (``weights_only=True``: no code is executed).
+
+    A missing, truncated, corrupt or foreign file is a PetlabError that says so in one line.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise PetlabError(f"ckpt_path={path} does not exist: give a .ckpt file from a run's checkpoints/ folder")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a garbage file can fail in the unpickler in many ways
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise PetlabError(
             f"ckpt_path={path} is not a loadable petlab checkpoint (it may be corrupt, or hold code that is "
             f"not loaded for safety): {first_line}"
         ) from error
     if not isinstance(content, dict) or "petlab" not in content or "hyper_parameters" not in content:
         raise PetlabError(f"ckpt_path={path} is not a petlab checkpoint: train one with python -m petlab")
+    return content
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint written by ``python -m petlab`` as a model in eval mode (see :func:`read_checkpoint`)."""
+    path = Path(path).expanduser()
+    content = read_checkpoint(path)
     options = dict(content["hyper_parameters"])
     # The weights come from the checkpoint: never download or read the training-time weight source again.
     options.update(pretrained=False, weights_path=None, compile=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,19 +33,65 @@ def user_error(error: BaseException | None) -> PetlabError | None:
     return None
 
 
-def route_lightning_logs_through_hydra() -> None:
-    """Lightning adds its own console handler; Hydra's root handlers (console and run log) suffice."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+# Lightning's start-up chatter: kept in the run's log file, left off the console.
+CHATTER = ("GPU available", "TPU available", "HPU available", "Trainer already configured",
+           "Loading `train_dataloader`", "`Trainer.fit` stopped", "Loaded model weights", "Seed set to")  # fmt: skip
+
+
+def console_filter(record: logging.LogRecord) -> bool:
+    """Whether a log record reaches the console: not library chatter (it still reaches the log file)."""
+    if record.name.startswith("tensorboard") and record.levelno < logging.WARNING:
+        return False  # the event-file reader's "Directory watcher advancing" lines
+    message = record.getMessage()
+    if "litlogger" in message or "litmodels" in message:
+        return False  # advertisements, not information
+    return not (record.name.startswith("lightning") and record.levelno == logging.INFO and message.startswith(CHATTER))
+
+
+def quiet_console() -> None:
+    """One console line per message, without library noise: the data report, progress, metrics and results.
+
+    Lightning and torchmetrics add console handlers of their own when imported, which printed every line
+    twice beside Hydra's; they are imported here first so that removing those handlers sticks.
+    """
+    import lightning.pytorch  # noqa: F401
+    import torchmetrics  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
         logging.getLogger(name).handlers.clear()
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage() and "litmodels" not in record.getMessage()
-    )  # advertisements, not information
+        logging.getLogger(name).propagate = True
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and console_filter not in handler.filters:
+            handler.addFilter(console_filter)
+    # Lightning's own use of a torch API that torch deprecated: nothing a user can act on; and a resumed
+    # run writes into its own checkpoint folder on purpose.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def require(cfg: DictConfig, *keys: str) -> None:
     for key in keys:
         if OmegaConf.is_missing(cfg, key):
             raise PetlabError(f"{key} is required: add {key}=... to the command line")
+
+
+def discard_failed_start(problem: str) -> None:
+    """Leave no trace of a single run that failed before it trained, or mark the run failed.
+
+    A run that stopped on a user error before writing anything of its own (Hydra's ``.hydra/`` and the log
+    are all there is) is removed; a failed resume removes only its own record (``.hydra/resume-ID``). A run
+    that wrote more gets a ``job_status.json`` that says it failed, which ``petlab.report`` shows.
+    """
+    hydra = HydraConfig.get()
+    output_dir = Path(hydra.runtime.output_dir)
+    if not hydra.output_subdir or not output_dir.is_dir():
+        return
+    if Path(hydra.output_subdir) != Path(".hydra"):
+        shutil.rmtree(output_dir / hydra.output_subdir, ignore_errors=True)
+    elif {entry.name for entry in output_dir.iterdir()} <= {".hydra", f"{hydra.job.name}.log"}:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    else:
+        mark_failed(output_dir, problem)
 
 
 def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Result]:
@@ -55,7 +103,7 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
 
     @functools.wraps(job)
     def wrapper(cfg: DictConfig) -> Any:
-        route_lightning_logs_through_hydra()
+        quiet_console()
         try:
             return job(cfg)
         except Exception as error:
@@ -70,6 +118,7 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
                 mark_failed(output_dir, str(problem))
                 failed_jobs.append(f"job {HydraConfig.get().job.num} ({output_dir}): {problem}")
                 return None
+            discard_failed_start(str(problem))
             raise SystemExit(2) from None
 
     return wrapper

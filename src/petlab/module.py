@@ -71,6 +71,8 @@ class PetClassifier(L.LightningModule):
         )  # fmt: skip
         if compile:
             self.net = torch.compile(self.net)
+        # An input for the model summary, which then shows each layer's output size and the FLOPs.
+        self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

@@ -1,6 +1,7 @@
 """Learning-rate schedules with one signature, ``(optimizer, total_steps) -> scheduler``, stepped per batch.
 
-Configs give them with ``_partial_: true``; the module fills in ``total_steps`` once the trainer knows it.
+Configs give them with ``_partial_: true``; the module fills in ``total_steps`` once the trainer knows it. A
+resumed run rebuilds them for its own length, so resuming with more epochs stretches the schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +21,21 @@ def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -
     total_steps = max(1, total_steps)
     warmup = max(pct_start, min(0.4, 2 / total_steps))
     peaks = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=warmup)
+    return ResumableOneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=warmup)
+
+
+class ResumableOneCycleLR(OneCycleLR):
+    """OneCycleLR that keeps the length it was built with when a checkpoint's state is loaded.
+
+    A run resumed with more ``trainer.max_epochs`` then follows the cycle stretched to the new length from
+    the step it reached, where torch's own would restore the old length and fail once past it. With an
+    unchanged length, resuming is exact.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        planned = self.total_steps, self._schedule_phases
+        super().load_state_dict(state_dict)
+        self.total_steps, self._schedule_phases = planned
 
 
 def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05) -> LRScheduler:

@@ -106,6 +106,9 @@ def main(cfg: DictConfig) -> None:
         if cfg.output == "json":
             print(json.dumps(result), flush=True)
         results.append(result)
+    if all("error" in result for result in results):
+        given = ", ".join(entries)
+        raise PetlabError(f"none of the {len(files)} files in {given} is a readable image: nothing to predict")
     if cfg.output == "table":
         print_table(results)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -30,46 +31,73 @@ REPLICATE_KEYS = ("seed", "data.fold")
 IGNORED_OVERRIDES = ("hydra.", "paths.", "ckpt_path")
 
 
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    """The parsed content of a run file; ValueError says which file is unreadable (truncated, not UTF-8, ...)."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{path.name} is unreadable ({type(error).__name__})") from error
+
+
 def _status(run: Path) -> tuple[str, str]:
     if (run / "metrics.json").is_file():
         return "completed", ""
     marker = run / JOB_STATUS
     if marker.is_file():
-        status = json.loads(marker.read_text())
+        status = _read(marker, json.loads)
         return status.get("status", "failed"), status.get("error", "")
     return "incomplete", ""
 
 
 def _overrides(run: Path) -> dict[str, str]:
     path = run / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
+    items = _read(path, yaml.safe_load) if path.is_file() else []
     pairs = (item.lstrip("+~").split("=", 1) for item in items or [] if "=" in item)
     return {key: value for key, value in pairs if not key.startswith(IGNORED_OVERRIDES)}
 
 
+def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, Any]:
+    status, error = _status(run)
+    metrics = {}
+    if status == "completed":
+        try:
+            metrics = _read(run / "metrics.json", json.loads)
+        except ValueError as problem:
+            log.warning(f"{run}: {problem}; listed as unreadable")
+            status, error = "unreadable", str(problem)
+    return {
+        "run": str(run.relative_to(directory.parent)), "status": status, "error": error,
+        "task": (composed.get("task") or {}).get("name", ""), "model": composed["model"].get("arch", ""),
+        "overrides": _overrides(run), **{name: metrics.get(name) for name in METRICS},
+    }  # fmt: skip
+
+
 def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run found under ``directories``: its varying-able overrides, status and metrics."""
+    """One row per run found under ``directories``: its varying-able overrides, status and metrics.
+
+    A run whose files cannot be read (a truncated ``metrics.json``, say) is listed as ``unreadable``.
+    """
     rows = []
     for directory in map(Path, directories):
         if not directory.is_dir():
             raise PetlabError(f"{directory} is not a directory: give sweep or run directories from outputs/")
         for config in sorted(directory.rglob(".hydra/config.yaml")):
             run = config.parent.parent
-            composed = yaml.safe_load(config.read_text()) or {}
-            if "model" not in composed:  # an evaluation directory, not a training run
-                continue
-            status, error = _status(run)
-            metrics = json.loads((run / "metrics.json").read_text()) if status == "completed" else {}
-            rows.append({
-                "run": str(run.relative_to(directory.parent)), "status": status, "error": error,
-                "task": (composed.get("task") or {}).get("name", ""), "model": composed["model"].get("arch", ""),
-                "overrides": _overrides(run), **{name: metrics.get(name) for name in METRICS},
-            })  # fmt: skip
+            try:
+                composed = _read(config, yaml.safe_load) or {}
+                if "model" not in composed:  # an evaluation directory, not a training run
+                    continue
+                rows.append(_run_row(run, directory, composed))
+            except ValueError as error:
+                log.warning(f"{run}: {error}; listed as unreadable")
+                rows.append({"run": str(run.relative_to(directory.parent)), "status": "unreadable",
+                             "error": str(error), "task": "", "model": "", "overrides": {}})  # fmt: skip
     if not rows:
         raise PetlabError(
             f"no petlab runs (directories with .hydra/config.yaml) under {', '.join(map(str, directories))}"
         )
-    frame = pd.DataFrame(rows).astype({"best_epoch": "Int64", "params_total": "Int64"})
+    columns = ["run", "status", "error", "task", "model", "overrides", *METRICS]
+    frame = pd.DataFrame(rows, columns=columns).astype({"best_epoch": "Int64", "params_total": "Int64"})
     overrides = pd.DataFrame(list(frame.pop("overrides")), index=frame.index).fillna("")
     # task=/model= choices are already the task and model columns.
     varying = [c for c in overrides.columns

@@ -11,17 +11,20 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, OmegaConf
 
-from petlab.config import flatten
+from petlab.checkpoint import read_checkpoint
+from petlab.config import flatten, whole_number
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
 from petlab.interpret import write_evaluation
 from petlab.module import PetClassifier
+from petlab.resume import check_resume
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,17 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     }
 
 
-def build(cfg: DictConfig) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
+def build_object(config: DictConfig, key: str, **arguments: Any) -> Any:
+    """Instantiate a library object (trainer, callback, logger); a value it refuses is a one-line error."""
+    try:
+        return instantiate(config, **arguments)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise PetlabError(f"{key} cannot be built from the config ({reason}): check the {key}.* values") from error
+
+
+def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
     """Instantiate the data module (set up, so the classes are known), the module and the trainer."""
     datamodule: PetDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
@@ -46,24 +59,51 @@ def build(cfg: DictConfig) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
         std=list(datamodule.std),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        # A resumed run's weights come from its checkpoint: no download, no weights file.
+        **({"pretrained": False, "weights_path": None} if resuming else {}),
         _convert_="all",
     )
     # A group entry set to null (callbacks.early_stopping=null) switches that object off.
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [build_object(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    loggers = [build_object(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    trainer: L.Trainer = build_object(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
 
-def check_before_fit(cfg: DictConfig, model: PetClassifier, trainer: L.Trainer) -> None:
-    """Impossible combinations, refused before any training starts."""
-    if model.freeze_epochs and not trainer.fast_dev_run and model.freeze_epochs >= trainer.max_epochs:
+# Keys that Lightning or the module would only trip over mid-run, with their smallest valid value.
+WHOLE_NUMBERS = {"trainer.max_epochs": -1, "trainer.min_epochs": 0, "model.freeze_epochs": 0}
+
+
+def check_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """Refuse values that would fail deep inside Lightning or torch, before anything is built or written.
+
+    Returns the content of the checkpoint to resume from, if there is one (read safely, once checked).
+    """
+    if cfg.get("seed") is not None:
+        whole_number("seed", cfg.seed, 0, 2**32 - 1)
+    for key, minimum in WHOLE_NUMBERS.items():
+        if OmegaConf.select(cfg, key) is not None:
+            whole_number(key, OmegaConf.select(cfg, key), minimum)
+    freeze_epochs, max_epochs = cfg.model.get("freeze_epochs", 0), cfg.trainer.get("max_epochs")
+    if freeze_epochs and not cfg.trainer.get("fast_dev_run") and max_epochs is not None and freeze_epochs >= max_epochs:
         raise PetlabError(
-            f"model.freeze_epochs={model.freeze_epochs} leaves no epoch to train the whole network with "
-            f"trainer.max_epochs={trainer.max_epochs}: make freeze_epochs smaller than max_epochs"
+            f"model.freeze_epochs={freeze_epochs} leaves no epoch to train the whole network with "
+            f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
         )
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise PetlabError(f"ckpt_path={cfg.ckpt_path} does not exist: give a checkpoint file or ckpt_path=last")
+    check_optimizer(cfg)
+    return read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer and scheduler on a stand-in parameter: torch checks their settings on creation."""
+    try:
+        optimizer = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+        if cfg.get("scheduler"):
+            instantiate(cfg.scheduler)(optimizer, total_steps=100)
+    except (TypeError, ValueError, InstantiationException) as error:
+        settings = ", ".join(f"{group}.{key}={value}" for group in ("optimizer", "scheduler")
+                             for key, value in (cfg.get(group) or {}).items() if not key.startswith("_"))  # fmt: skip
+        raise PetlabError(f"the optimizer or scheduler refuses {settings}: {error}") from error
 
 
 def find_learning_rate(
@@ -92,16 +132,18 @@ def find_learning_rate(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; returns the metrics also written to RUN_DIR/metrics.json."""
     started = time.perf_counter()
+    resumed = check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(cfg, resuming=resumed is not None)
+    if resumed is not None:
+        check_resume(resumed, dict(model.hparams), OmegaConf.to_container(cfg.data, resolve=True), cfg.ckpt_path)
     if trainer.is_global_zero and datamodule.report is not None:
         datamodule.report.save(output_dir)
         if (experiment := tensorboard_writer(trainer)) is not None:
             datamodule.report.log_to(experiment)
-    check_before_fit(cfg, model, trainer)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
     log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable)")

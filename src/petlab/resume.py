@@ -1,0 +1,140 @@
+"""Resuming a run: ``python -m petlab ckpt_path=last|FILE [key=value ...]`` continues it as it was configured.
+
+The run's own saved config (``RUN/.hydra/config.yaml``, or the config of its latest resume) is the primary
+config, so nothing has to be repeated; overrides given with the resume are applied on top of it and recorded
+in ``RUN/.hydra/resume-ID/``, beside the original, which is never rewritten. Overrides that change what the
+checkpoint needs (another model, task, classes or split) are refused by :func:`check_resume`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.config_store import ConfigStore
+
+from petlab.config import config_dir, project_root, run_id
+from petlab.errors import PetlabError
+
+RESUME_CONFIG = "petlab_resume"
+RECORD_PREFIX = "resume-"
+# Options of Hydra's command line that take a value: that value is not an override.
+VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                 "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}  # fmt: skip
+
+
+def overrides_of(argv: Sequence[str]) -> list[str]:
+    """The ``key=value`` overrides of a command line, without Hydra's options and their values."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in VALUE_OPTIONS
+            continue
+        overrides.append(arg)
+    return overrides
+
+
+def last_value(overrides: Sequence[str], key: str) -> str | None:
+    values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == key]
+    return values[-1] if values else None
+
+
+def latest_checkpoint(overrides: Sequence[str]) -> Path:
+    """``checkpoints/last.ckpt`` of the run named by ``hydra.run.dir=``, else the newest one under the outputs."""
+    run_dir = last_value(overrides, "hydra.run.dir")
+    if run_dir is not None:
+        candidates = [Path(run_dir).expanduser() / "checkpoints" / "last.ckpt"]
+        places = f"{candidates[0]}"
+    else:
+        outputs = Path(last_value(overrides, "paths.log_dir") or project_root() / "outputs").expanduser()
+        candidates = list(outputs.glob("**/checkpoints/last.ckpt"))
+        places = f"every run and sweep job under {outputs}"
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        raise PetlabError(
+            f"ckpt_path=last found no checkpoints/last.ckpt (looked at {places}): give the checkpoint's path, "
+            "or the run's directory with hydra.run.dir=DIR"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime).resolve()
+
+
+def saved_config(run_dir: Path) -> Path | None:
+    """The config a run last ran with: that of its latest resume, else its original one."""
+    records = sorted((run_dir / ".hydra").glob(f"{RECORD_PREFIX}*/config.yaml"))
+    original = run_dir / ".hydra" / "config.yaml"
+    return records[-1] if records else original if original.is_file() else None
+
+
+def config_groups() -> set[str]:
+    return {path.name for path in config_dir().iterdir() if path.is_dir()}
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """The command line that continues the run of ``ckpt_path`` (``last``: the latest run) in its directory.
+
+    Hydra fixes the run directory and the primary config before the job starts, so both are settled here.
+    A checkpoint inside a run directory resumes with that run's saved config; any other checkpoint file
+    with the config the command line composes.
+    """
+    overrides = overrides_of(argv)
+    value = last_value(overrides, "ckpt_path")
+    if value in (None, "", "null") or {"-m", "--multirun"} & set(argv):
+        return argv
+    checkpoint = latest_checkpoint(overrides) if value == "last" else Path(value).expanduser().resolve()
+    if not checkpoint.is_file():
+        raise PetlabError(f"ckpt_path={value} does not exist: give a checkpoint file or ckpt_path=last")
+    arguments = [arg for arg in argv if not arg.startswith("ckpt_path=")] + [f"ckpt_path={checkpoint}"]
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    config = saved_config(run_dir) if run_dir is not None else None
+    if config is None:
+        return arguments
+    groups = config_groups() - {"hydra"}
+    for item in overrides:
+        key = item.lstrip("+~").split("=", 1)[0]
+        if key in groups:
+            raise PetlabError(
+                f"{item}: ckpt_path resumes {run_dir} with the config groups it was trained with; a resume takes "
+                "key=value overrides (e.g. trainer.max_epochs=20), or start a new run without ckpt_path"
+            )
+    content = yaml.safe_load(config.read_text()) or {}
+    # The run's config, then petlab's Hydra settings (run directory, logging, callbacks) around it.
+    ConfigStore.instance().store(name=RESUME_CONFIG, node={"defaults": [{"hydra": "default"}, "_self_"], **content})
+    arguments = [f"--config-name={RESUME_CONFIG}", *arguments]
+    if last_value(overrides, "hydra.run.dir") is None:
+        arguments.append(f"hydra.run.dir={run_dir}")
+    return [*arguments, f"hydra.output_subdir=.hydra/{RECORD_PREFIX}{run_id()}"]
+
+
+# What a checkpoint fixes: hyperparameters of the module, and data settings that decide the images of
+# each split (a resume on another split would validate on training images).
+FIXED_MODEL = {"arch": "model.arch", "task": "task.name", "class_names": "the classes", "image_size": "data.image_size",
+               "hidden": "model.hidden", "mean": "the normalisation mean", "std": "the normalisation std"}  # fmt: skip
+FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        more = f", ... ({len(value)} in all)" if len(value) > 4 else ""
+        return f"[{', '.join(map(str, value[:4]))}{more}]"
+    return str(value)
+
+
+def check_resume(checkpoint: dict[str, Any], hparams: dict[str, Any], data: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``checkpoint`` with a module (``hparams``) or data config that differs where it matters."""
+    saved_hparams = checkpoint.get("hyper_parameters", {})
+    saved_data = (checkpoint.get("petlab") or {}).get("data") or {}
+    differences = [
+        (label, saved_hparams[key], hparams.get(key)) for key, label in FIXED_MODEL.items()
+        if key in saved_hparams and saved_hparams[key] != hparams.get(key)
+    ] + [
+        (f"data.{key}", saved_data[key], data.get(key)) for key in FIXED_DATA
+        if key in saved_data and saved_data[key] != data.get(key)
+    ]  # fmt: skip
+    if differences:
+        listed = "; ".join(f"{name} was {_shown(old)}, now {_shown(new)}" for name, old, new in differences)
+        raise PetlabError(
+            f"ckpt_path={path} cannot continue with other settings ({listed}): resume with the run's own "
+            "settings, or start a new run without ckpt_path"
+        )

@@ -1,0 +1,137 @@
+"""Resuming a run: its own config, its record kept, harmless overrides applied, the others refused."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from petlab.cli import user_error
+from petlab.errors import PetlabError
+from petlab.optim import one_cycle
+from petlab.resume import check_resume, overrides_of
+from petlab.train import train
+
+TINY = [
+    "data=sample", "model=cnn", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
+    "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+    "trainer.accelerator=cpu", "callbacks.progress_bar=null",
+]  # fmt: skip
+
+
+def petlab(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PETLAB_ROOT": str(project), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "petlab", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha1(path.read_bytes()).hexdigest() for path in sorted(folder.glob("*.yaml"))}
+
+
+@pytest.mark.slow
+def test_a_bare_resume_continues_the_run_as_configured_and_keeps_its_record(tmp_path: Path, sample_root: Path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
+    run = tmp_path / "outputs" / "custom" / "first"  # a custom hydra.run.dir, not under outputs/runs/
+    trained = petlab(tmp_path, *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    record = digests(run / ".hydra")
+
+    for order in (["--cfg", "job", "ckpt_path=last"], ["ckpt_path=last", "--cfg", "job"]):
+        shown = petlab(tmp_path, *order)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        composed = yaml.safe_load(shown.stdout)
+        assert composed["model"]["arch"] == "cnn" and composed["data"]["image_size"] == 32
+        assert composed["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+
+    resumed = petlab(tmp_path, "ckpt_path=last", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert yaml.safe_load((run / "metrics.json").read_text())["epochs"] == 2
+    assert digests(run / ".hydra") == record  # the run's own config is never rewritten
+    (resume_record,) = (run / ".hydra").glob("resume-*")
+    assert "trainer.max_epochs=2" in yaml.safe_load((resume_record / "overrides.yaml").read_text())
+    assert yaml.safe_load((resume_record / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+
+    for refused, words in [("model=resnet34", "config groups"), ("data.image_size=64", "data.image_size was 32")]:
+        result = petlab(tmp_path, "ckpt_path=last", refused)
+        output = result.stdout + result.stderr
+        assert result.returncode == 2 and words in output and "Traceback" not in output, output[-2000:]
+    assert len(list((run / ".hydra").glob("resume-*"))) == 1  # a refused resume leaves no record
+    assert digests(run / ".hydra") == record
+
+    nowhere = petlab(tmp_path, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'nowhere'}")
+    assert nowhere.returncode == 2 and f"looked at {tmp_path / 'nowhere'}" in nowhere.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "not a loadable petlab checkpoint"), (os.urandom(3000), "not a loadable petlab checkpoint"),
+     (None, "not a petlab checkpoint")],
+)  # fmt: skip
+def test_a_broken_or_foreign_checkpoint_is_a_one_line_error(make_cfg, tmp_path: Path, content, message: str):
+    path = tmp_path / "given.ckpt"
+    if content is None:
+        torch.save({"state_dict": {"weight": torch.zeros(2)}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(Exception) as raised:
+        train(make_cfg(["model=cnn", f"ckpt_path={path}"]))
+    assert isinstance(user_error(raised.value), PetlabError) and message in str(user_error(raised.value))
+
+
+def test_a_truncated_checkpoint_of_a_real_run_is_refused(trained_run: Path, make_cfg, tmp_path: Path):
+    whole = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(Exception) as raised:
+        train(make_cfg(["task=breed", "model=cnn", f"ckpt_path={tmp_path / 'cut.ckpt'}"]))
+    assert "not a loadable petlab checkpoint" in str(user_error(raised.value))
+
+
+def test_resuming_with_other_model_or_data_settings_names_each_difference():
+    checkpoint = {
+        "hyper_parameters": {"arch": "cnn", "class_names": ["cat", "dog"], "image_size": 32, "dropout": 0.5},
+        "petlab": {"data": {"seed": 1, "split": "official", "num_workers": 4}},
+    }
+    same = {"arch": "cnn", "class_names": ["cat", "dog"], "image_size": 32, "dropout": 0.2}
+    check_resume(checkpoint, same, {"seed": 1, "split": "official", "num_workers": 0}, Path("x.ckpt"))
+    other = {**same, "arch": "resnet34", "class_names": ["Abyssinian", "Bengal"]}
+    with pytest.raises(PetlabError) as raised:
+        check_resume(checkpoint, other, {"seed": 2, "split": "official"}, Path("x.ckpt"))
+    message = str(raised.value)
+    assert "model.arch was cnn, now resnet34" in message and "the classes was [cat, dog]" in message
+    assert "data.seed was 1, now 2" in message and "dropout" not in message and "\n" not in message
+
+
+def test_the_one_cycle_schedule_resumes_exactly_or_stretched_to_more_steps():
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    whole = one_cycle(optimizer(), total_steps=10)
+    rates = []
+    for _ in range(10):
+        rates.append(whole.get_last_lr()[0])
+        whole.optimizer.step()
+        whole.step()
+    first = one_cycle(optimizer(), total_steps=10)
+    for _ in range(4):
+        first.optimizer.step()
+        first.step()
+    same = one_cycle(optimizer(), total_steps=10)
+    same.load_state_dict(first.state_dict())
+    assert same.get_last_lr()[0] == pytest.approx(rates[4])
+    longer = one_cycle(optimizer(), total_steps=20)
+    longer.load_state_dict(first.state_dict())
+    for _ in range(15):  # past the first schedule's 10 steps: torch's own OneCycleLR raises here
+        longer.optimizer.step()
+        longer.step()
+    assert longer.total_steps == 20
+
+
+def test_hydra_options_and_their_values_are_not_overrides():
+    argv = ["--cfg", "job", "ckpt_path=last", "-m", "--config-dir", "/x", "seed=1", "--package=_global_"]
+    assert overrides_of(argv) == ["ckpt_path=last", "seed=1"]
