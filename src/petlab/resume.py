@@ -101,10 +101,14 @@ def resume_arguments(argv: list[str]) -> list[str]:
     content = yaml.safe_load(config.read_text()) or {}
     # The run's config, then petlab's Hydra settings (run directory, logging, callbacks) around it.
     ConfigStore.instance().store(name=RESUME_CONFIG, node={"defaults": [{"hydra": "default"}, "_self_"], **content})
-    arguments = [f"--config-name={RESUME_CONFIG}", *arguments]
+    # A DDP worker process re-runs this command line as its parent rewrote it: nothing more to add.
+    if f"--config-name={RESUME_CONFIG}" not in argv:
+        arguments = [f"--config-name={RESUME_CONFIG}", *arguments]
     if last_value(overrides, "hydra.run.dir") is None:
         arguments.append(f"hydra.run.dir={run_dir}")
-    return [*arguments, f"hydra.output_subdir=.hydra/{RECORD_PREFIX}{run_id()}"]
+    if last_value(overrides, "hydra.output_subdir") is None:
+        arguments.append(f"hydra.output_subdir=.hydra/{RECORD_PREFIX}{run_id()}")
+    return arguments
 
 
 # What a checkpoint fixes: hyperparameters of the module, and data settings that decide the images of
