@@ -77,7 +77,7 @@ WHOLE_NUMBERS = {"trainer.max_epochs": -1, "trainer.min_epochs": 0, "model.freez
 def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     """Refuse values that would fail deep inside Lightning or torch, before anything is built or written.
 
-    Returns the content of the checkpoint to resume from, if there is one (read safely, once checked).
+    Returns what the checkpoint to resume from was trained with, if there is one (read safely, once checked).
     """
     if cfg.get("seed") is not None:
         whole_number("seed", cfg.seed, 0, 2**32 - 1)
@@ -91,7 +91,10 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
             f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
         )
     check_optimizer(cfg)
-    return read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if not cfg.get("ckpt_path"):
+        return None
+    content = read_checkpoint(cfg.ckpt_path)
+    return {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
 
 
 def check_optimizer(cfg: DictConfig) -> None:
