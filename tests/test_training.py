@@ -136,24 +136,25 @@ def stable(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if key not in VOLATILE}
 
 
-def test_the_same_config_and_seed_give_identical_metrics(make_cfg, tmp_path: Path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_the_same_config_and_seed_give_identical_metrics(make_cfg, tmp_path: Path, precision: str):
     overrides = ["model=cnn", "seed=0", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-                 "data.upsample=synthetic"]  # fmt: skip
+                 "data.upsample=synthetic", f"trainer.precision={precision}"]  # fmt: skip
     first = train(make_cfg([*overrides, f"paths.output_dir={tmp_path / 'a'}"]))
     second = train(make_cfg([*overrides, f"paths.output_dir={tmp_path / 'b'}"]))
-    assert first["seed"] == 0
+    assert first["seed"] == 0 and first["precision"] == precision
     assert stable(first) == stable(second)
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["val/acc"] == second["val/acc"]
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, sample_root: Path):
+def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics_also_in_bfloat16(tmp_path: Path, sample_root: Path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sample-pets").symlink_to(sample_root)
     env = {**os.environ, "PETLAB_ROOT": str(tmp_path)}
     args = [sys.executable, "-m", "petlab", "data=sample", "model=cnn", "data.image_size=32", "data.batch_size=4",
             "data.num_workers=0", "trainer.max_epochs=3", "trainer.accelerator=cpu", "seed=7",
-            "callbacks.early_stopping=null", "callbacks.progress_bar=null"]  # fmt: skip
+            "trainer.precision=bf16-mixed", "callbacks.early_stopping=null", "callbacks.progress_bar=null"]  # fmt: skip
     subprocess.run([*args, "hydra.run.dir=outputs/whole"], cwd=tmp_path, env=env, check=True, capture_output=True)
     whole = json.loads((tmp_path / "outputs" / "whole" / "metrics.json").read_text())
 

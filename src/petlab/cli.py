@@ -63,9 +63,11 @@ def quiet_console() -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and console_filter not in handler.filters:
             handler.addFilter(console_filter)
-    # Lightning's own use of a torch API that torch deprecated: nothing a user can act on; and a resumed
-    # run writes into its own checkpoint folder on purpose.
+    # Nothing a user can act on: Lightning's own use of a torch API that torch deprecated, its model summary
+    # sizing weights in bits under mixed precision (weights stay fp32), and a resumed run writing into its
+    # own checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 

@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from petlab.checkpoint import load_checkpoint
     from petlab.interpret import write_evaluation
-    from petlab.train import scalar_metrics, tensorboard_writer
+    from petlab.train import build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
     L.seed_everything(cfg.seed, verbose=False)
@@ -56,14 +56,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise PetlabError(f"split={cfg.split} is not available here: choose one of val, test")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
+    trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
     probabilities, targets = model.test_predictions()
     write_evaluation(output_dir, probabilities, targets, datamodule.datasets[cfg.split].paths,
                      checkpoint.class_names, tensorboard_writer(trainer))  # fmt: skip
     metrics = scalar_metrics(trainer)
     metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
-                    "images": len(targets)})  # fmt: skip
+                    "images": len(targets), **numerics(trainer, model)})  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(f"Evaluation written to {output_dir}: test/acc {metrics.get('test/acc')}")
     return metrics

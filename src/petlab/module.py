@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from petlab.errors import PetlabError
 from petlab.models import create_model, layer_groups, parameter_counts
+from petlab.precision import uses_channels_last
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -118,12 +119,18 @@ class PetClassifier(L.LightningModule):
             for parameter in group:
                 parameter.requires_grad_(trainable)
 
-    def _uses_channels_last(self) -> bool:
-        return self.device.type == "cuda" if self.channels_last == "auto" else bool(self.channels_last)
+    def uses_channels_last(self) -> bool:
+        return uses_channels_last(self.channels_last, self.device.type)
+
+    def _set_memory_format(self) -> None:
+        if self.uses_channels_last():
+            self.to(memory_format=torch.channels_last)
 
     def on_fit_start(self) -> None:
-        if self._uses_channels_last():
-            self.to(memory_format=torch.channels_last)
+        self._set_memory_format()
+
+    def on_test_start(self) -> None:
+        self._set_memory_format()  # petlab.evaluate tests without fitting
 
     def on_train_epoch_start(self) -> None:
         # fastai's fine_tune: the head alone for freeze_epochs, then everything (with discriminative lrs).
@@ -140,9 +147,10 @@ class PetClassifier(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, return_logits: bool = False) -> torch.Tensor:
         images, targets = batch
-        if self._uses_channels_last():
+        if self.uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = self(images)
+        # Under bf16/fp16 autocast the logits come out in low precision: the loss and metrics use fp32.
+        logits = self(images).float()
         loss = self.criterion(logits, targets)
         mean_loss, accuracy = self.stage_metrics[f"{stage}_loss"], self.stage_metrics[f"{stage}_acc"]
         mean_loss(loss, weight=len(targets))

@@ -38,14 +38,24 @@ def image_files(entries: Sequence[str]) -> list[Path]:
     return files
 
 
-def predict_files(checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int) -> Iterator[dict[str, Any]]:
-    """One result per file: ``{"image", "top": [{"class", "probability"}...]}`` or ``{"image", "error"}``."""
+def predict_files(
+    checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto"
+) -> Iterator[dict[str, Any]]:
+    """One result per file: ``{"image", "top": [{"class", "probability"}...]}`` or ``{"image", "error"}``.
+
+    The model runs on the CPU with the precision and memory format training would use there.
+    """
     import torch
 
     from petlab.data.transforms import ItemTransform, load_rgb
+    from petlab.precision import autocast, resolve_precision, uses_channels_last
 
     transform = ItemTransform(checkpoint.side, crop=checkpoint.image_size)
     k = min(top_k, len(checkpoint.class_names))
+    memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
+    if memory_format is not None:
+        checkpoint.model.to(memory_format=memory_format)
+    precision = resolve_precision(precision, "cpu")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images: dict[int, torch.Tensor] = {}
@@ -54,8 +64,11 @@ def predict_files(checkpoint: Any, files: Sequence[Path], top_k: int, batch_size
                 images[position] = transform(load_rgb(path))
         top: dict[int, list[dict[str, Any]]] = {}
         if images:
-            with torch.inference_mode():
-                probabilities = checkpoint.model(torch.stack(list(images.values()))).softmax(dim=1)
+            batch = torch.stack(list(images.values()))
+            if memory_format is not None:
+                batch = batch.contiguous(memory_format=memory_format)
+            with torch.inference_mode(), autocast("cpu", precision):
+                probabilities = checkpoint.model(batch).float().softmax(dim=1)
             values, indices = probabilities.topk(k, dim=1)
             for position, row_values, row_indices in zip(images, values.tolist(), indices.tolist(), strict=True):
                 top[position] = [{"class": checkpoint.class_names[i], "probability": round(p, 4)}
@@ -100,7 +113,7 @@ def main(cfg: DictConfig) -> None:
     if not files:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     results = []
-    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size):
+    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision):
         if "error" in result:
             print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
         if cfg.output == "json":

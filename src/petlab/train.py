@@ -24,6 +24,7 @@ from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
 from petlab.interpret import write_evaluation
 from petlab.module import PetClassifier
+from petlab.precision import AUTO, cpu_bf16_features, resolve_precision, uses_channels_last
 from petlab.resume import check_resume
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetCl
     # A group entry set to null (callbacks.early_stopping=null) switches that object off.
     callbacks = [build_object(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
     loggers = [build_object(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
-    trainer: L.Trainer = build_object(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-    return datamodule, model, trainer
+    return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def build_trainer(config: DictConfig, **arguments: Any) -> L.Trainer:
+    """The Lightning Trainer of ``config``, with ``precision: auto`` resolved for the device it runs on."""
+    precision = resolve_precision(config.get("precision", AUTO), config.get("accelerator", AUTO))
+    return build_object(config, "trainer", precision=precision, **arguments)
 
 
 # Keys that Lightning or the module would only trip over mid-run, with their smallest valid value.
@@ -149,7 +155,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule.report.log_to(experiment)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
-    log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable)")
+    log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable); "
+             f"{describe_numerics(trainer, model)}")  # fmt: skip
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -169,6 +176,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "task": cfg.task.name, "model": cfg.model.arch, "seed": cfg.get("seed"),
         "best_epoch": model.best_epoch, "epochs": trainer.current_epoch,
         "params_total": params["total"], "params_trainable": params["trainable"],
+        **numerics(trainer, model),
         "best_checkpoint": best_path, "seconds": round(time.perf_counter() - started, 1),
     })  # fmt: skip
     if suggested_lr is not None:
@@ -180,6 +188,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(f"Run directory: {output_dir}  (metrics.json, checkpoints/, tensorboard/)")
     return metrics
+
+
+def numerics(trainer: L.Trainer, model: PetClassifier) -> dict[str, str]:
+    """Which precision and memory format the training device runs (``auto`` resolved)."""
+    device = trainer.strategy.root_device.type
+    channels_last = uses_channels_last(model.channels_last, device)
+    return {"precision": str(trainer.precision), "memory_format": "channels_last" if channels_last else "contiguous"}
+
+
+def describe_numerics(trainer: L.Trainer, model: PetClassifier) -> str:
+    """The precision and memory format, and for a CPU what decided them, for the run log."""
+    chosen = numerics(trainer, model)
+    text = f"precision {chosen['precision']}, {chosen['memory_format']}"
+    if trainer.strategy.root_device.type != "cpu":
+        return text
+    features = cpu_bf16_features()
+    return text + (f" (CPU with {' and '.join(features)})" if features else " (CPU without bfloat16 instructions)")
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:
