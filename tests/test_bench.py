@@ -9,17 +9,37 @@ import pytest
 
 from petlab.bench import run_bench
 
-PIPELINES = ("a_notebook_img_s", "b_cold_img_s", "b_warm_img_s", "c_compute_img_s", "d_end_to_end_img_s")
+PIPELINES = (
+    "a_notebook_img_s",
+    "b_cold_img_s",
+    "b_warm_img_s",
+    "c_compute_fp32_img_s",
+    "c_compute_default_img_s",
+    "d_end_to_end_fp32_img_s",
+    "d_end_to_end_default_img_s",
+)
 
 
 def test_the_bench_measures_every_pipeline_and_derives_its_ratios(sample_root: Path):
-    results = run_bench(sample_root, model="cnn", image_size=32, batch_size=8, images=32, workers=0, steps=2)
+    results = run_bench(
+        sample_root,
+        model="cnn",
+        image_size=32,
+        batch_size=8,
+        images=32,
+        workers=0,
+        steps=2,
+        precision="bf16-mixed",
+        repeats=2,
+    )
     assert all(results[key] > 0 for key in PIPELINES)
     assert results["b_cold_img_s"] < results["b_warm_img_s"] * 1.5  # cold includes building the cache
     ratio = results["b_warm_img_s"] / results["a_notebook_img_s"]
     assert results["ratio_b_warm_over_a"] == pytest.approx(ratio, rel=1e-2)
-    assert results["ratio_d_over_c"] == pytest.approx(results["d_end_to_end_img_s"] / results["c_compute_img_s"],
-                                                      rel=1e-2)  # fmt: skip
+    speedup = results["d_end_to_end_default_img_s"] / results["d_end_to_end_fp32_img_s"]
+    assert results["speedup_d_default_over_fp32"] == pytest.approx(speedup, rel=1e-2)
+    assert results["precision"] == "bf16-mixed" and results["repeats"] == 2
+    assert results["ratio_d_over_c_fp32"] > 0 and results["ratio_d_over_c_default"] > 0
     assert results["images"] == 32 and results["cache_mb"] > 0 and results["peak_rss_mb"] > 100
 
 

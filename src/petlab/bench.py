@@ -4,8 +4,10 @@ On the same images and settings it measures (a) the notebook-style pipeline (PIL
 tensor, normalise, per item per epoch), (b) petlab's pipeline cold (building the decoded-image cache)
 and warm, (c) the model's compute bound (forward, backward and optimiser step on a batch already in
 memory) and (d) petlab's end-to-end training throughput (the Lightning module fed by the data module,
-with the default augmentation of ``conf/data/oxford_pet.yaml``),
-then prints images per second, the ratios b/a and d/c, and peak memory.
+with the default augmentation of ``conf/data/oxford_pet.yaml``). (c) and (d) are measured in fp32 with
+contiguous tensors (the default before bfloat16) and in the default precision and memory format of this
+device (``trainer.precision=auto``), each ``repeats`` times, and reported as medians; then it prints
+images per second, the ratios b/a and d/c, the speed-up of the default over fp32, and peak memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 
+from petlab.cli import quiet_console
 from petlab.config import config_dir
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path
@@ -34,6 +38,7 @@ from petlab.data.index import build_index
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
 from petlab.errors import PetlabError
 from petlab.module import PetClassifier, normalize_batch
+from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
 
 Batch = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,14 +78,22 @@ def images_per_second(loader: DataLoader, on_batch: Batch | None = None, warm_up
     return _one_pass(loader, on_batch)
 
 
-def compute_bound(model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int) -> float:
-    """Training steps on one batch already in memory: the most the data pipeline can let the model do."""
+def compute_bound(
+    model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int, precision: str = "32-true"
+) -> float:  # fmt: skip
+    """Training steps on one batch already in memory: the most the data pipeline can let the model do.
+
+    ``model`` and ``batch`` come in the memory format to measure; ``precision`` sets autocast as Lightning's
+    plugin does, with the loss in fp32 as in training.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(batch), targets).backward()
+        with autocast(batch.device.type, precision):
+            logits = model(batch)
+        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
         optimizer.step()
 
     step()  # warm-up: allocations, kernel selection
@@ -121,9 +134,22 @@ def default_augmentation() -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "oxford_pet.yaml").augment)
 
 
+def end_to_end(module: PetClassifier, datamodule: PetDataModule, device: torch.device, precision: str,
+               steps: int) -> float:  # fmt: skip
+    """Training images per second of ``module`` fed by ``datamodule``, batch fetching included."""
+    timer = _StepTimer(warmup=1)
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, precision=precision, max_epochs=1, limit_train_batches=steps + 1,
+        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    return timer.images / (timer.finished - timer.started)
+
+
 def run_bench(
     root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
-    workers: int | str = "auto", steps: int = 10, precision: str = "32-true", accelerator: str = "auto",
+    workers: int | str = "auto", steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure (a)-(d) on the first ``images`` readable images of ``root``; return the figures."""
     workers = resolve_num_workers(workers)
@@ -168,32 +194,31 @@ def run_bench(
         datamodule = PetDataModule(root, image_size=image_size, batch_size=batch_size, num_workers=workers,
                                    augment=augment, cache_dir=cache_dir, split="random")  # fmt: skip
         datamodule.setup("fit")
-        module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
-                               datamodule.std)  # fmt: skip
-        net = module.net.to(device)
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-        batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
-        targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
-                                  enabled=precision != "32-true")  # fmt: skip
-        with autocast:
-            results["c_compute_img_s"] = compute_bound(net, batch, targets, steps)
-
-        timer = _StepTimer(warmup=1)
-        trainer = L.Trainer(
-            accelerator=device.type, devices=1, precision=precision, max_epochs=1, limit_train_batches=steps + 1,
-            limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
-        )  # fmt: skip
-        trainer.fit(module, datamodule=datamodule)
-        results["d_end_to_end_img_s"] = timer.images / (timer.finished - timer.started)
+        default = resolve_precision(precision, device.type)
+        results["precision"] = default
+        # fp32 with contiguous tensors, what training did before bfloat16; then this device's default.
+        settings = {"fp32": ("32-true", False), "default": (default, AUTO)}
+        for name, (chosen, channels_last) in settings.items():
+            module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
+                                   datamodule.std, channels_last=channels_last)  # fmt: skip
+            memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
+            net = module.net.to(device, memory_format=memory_format or torch.contiguous_format)
+            batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
+            batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
+            targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
+            compute = [compute_bound(net, batch, targets, steps, chosen) for _ in range(repeats)]
+            training = [end_to_end(module, datamodule, device, chosen, steps) for _ in range(repeats)]
+            results[f"c_compute_{name}_img_s"] = statistics.median(compute)
+            results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)
+            results[f"ratio_d_over_c_{name}"] = statistics.median(d / c for d, c in zip(training, compute, strict=True))
+    results["speedup_c_default_over_fp32"] = results["c_compute_default_img_s"] / results["c_compute_fp32_img_s"]
+    results["speedup_d_default_over_fp32"] = results["d_end_to_end_default_img_s"] / results["d_end_to_end_fp32_img_s"]
     results["ratio_b_warm_over_a"] = results["b_warm_img_s"] / results["a_notebook_img_s"]
-    results["ratio_d_over_c"] = results["d_end_to_end_img_s"] / results["c_compute_img_s"]
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if device.type == "cuda":
         results["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     results["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    results["repeats"] = repeats
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in results.items()}
 
 
@@ -206,17 +231,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=512, help="how many images to read (default 512)")
     parser.add_argument("--workers", default="auto", help="dataloader workers for every pipeline (default auto)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps for (c) and (d)")
-    parser.add_argument("--precision", default="32-true", help="e.g. 16-mixed or bf16-mixed on a GPU")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of (c) and (d) to take medians of")
+    parser.add_argument("--precision", default=AUTO, help="the default to compare with fp32 (auto: as training)")
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 64 images, 64 px, 2 steps")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 64 images, 64 px, 2 steps, 1 repeat")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
+    quiet_console()
     if args.quick:
-        args.images, args.image_size, args.steps, args.batch_size = 64, 64, 2, 16
+        args.images, args.image_size, args.steps, args.batch_size, args.repeats = 64, 64, 2, 16, 1
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
     try:
         results = run_bench(args.root, args.model, args.image_size, args.batch_size, args.images, workers,
-                            args.steps, args.precision, args.accelerator)  # fmt: skip
+                            args.steps, args.precision, args.accelerator, args.repeats)  # fmt: skip
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     if args.json:
@@ -224,18 +251,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     print(f"petlab bench: {results['images']} images from {results['root']}, {results['model']} at "
           f"{results['image_size']} px, batch {results['batch_size']}, {results['workers']} workers, "
-          f"{results['device']}")  # fmt: skip
+          f"{results['device']}; (c) and (d): medians of {results['repeats']}")  # fmt: skip
+    default = f"default, {results['precision']}"
     rows = [
         ("(a) notebook pipeline (PIL per item)", results["a_notebook_img_s"]),
         ("(b) petlab pipeline, cold (cache build)", results["b_cold_img_s"]),
         ("(b) petlab pipeline, warm", results["b_warm_img_s"]),
         ("    warm, training: default batch augmentation", results["b_warm_augmented_img_s"]),
-        ("(c) model compute bound", results["c_compute_img_s"]),
-        ("(d) petlab end-to-end training", results["d_end_to_end_img_s"]),
+        ("(c) model compute bound, fp32", results["c_compute_fp32_img_s"]),
+        (f"(c) model compute bound, {default}", results["c_compute_default_img_s"]),
+        ("(d) petlab end-to-end training, fp32", results["d_end_to_end_fp32_img_s"]),
+        (f"(d) petlab end-to-end training, {default}", results["d_end_to_end_default_img_s"]),
     ]
     for name, value in rows:
-        print(f"  {name:<42} {value:>10.1f} images/s")
-    print(f"  b(warm)/a = {results['ratio_b_warm_over_a']:.1f}x   d/c = {results['ratio_d_over_c']:.2f}")
+        print(f"  {name:<48} {value:>10.1f} images/s")
+    print(f"  b(warm)/a = {results['ratio_b_warm_over_a']:.1f}x   d/c = {results['ratio_d_over_c_fp32']:.2f} (fp32), "
+          f"{results['ratio_d_over_c_default']:.2f} (default)")  # fmt: skip
+    print(f"  default over fp32: {results['speedup_c_default_over_fp32']:.2f}x compute, "
+          f"{results['speedup_d_default_over_fp32']:.2f}x end-to-end")  # fmt: skip
     print(f"  cache: {results['cache_mb']} MB for {results['images']} images, built in {results['cache_build_s']} s;"
           f" peak memory {results['peak_rss_mb']} MB" + (f", GPU {results['peak_gpu_mb']} MB"
                                                         if "peak_gpu_mb" in results else ""))  # fmt: skip
