@@ -84,17 +84,20 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("image", "prediction", "probability", "then")
-    table.columns[0].overflow = "fold"
+    headers = ("image", "prediction", "probability", "then")
+    rows = []
     for result in results:
         if "error" in result:
             continue
         best, *rest = result["top"]
         others = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in rest)
-        table.add_row(result["image"], best["class"], f"{best['probability']:.3f}", others)
-    # Wide enough that paths print whole (a pipe or file gets 80 columns otherwise).
-    longest = max((len(result["image"]) for result in results), default=0)
-    Console(width=max(shutil.get_terminal_size().columns, longest + 60)).print(table)
+        rows.append((result["image"], best["class"], f"{best['probability']:.3f}", others))
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
+    # Wide enough that every cell prints whole on one line (a pipe or file gets 80 columns otherwise).
+    needed = sum(max(len(cell) for cell in column) + 3 for column in zip(headers, *rows, strict=False)) + 1
+    Console(width=max(shutil.get_terminal_size().columns, needed)).print(table)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
