@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (f"(d) petlab end-to-end training, {default}", results["d_end_to_end_default_img_s"]),
     ]
     for name, value in rows:
-        print(f"  {name:<48} {value:>10.1f} images/s")
+        print(f"  {name:<52} {value:>10.1f} images/s")
     print(f"  b(warm)/a = {results['ratio_b_warm_over_a']:.1f}x   d/c = {results['ratio_d_over_c_fp32']:.2f} (fp32), "
           f"{results['ratio_d_over_c_default']:.2f} (default)")  # fmt: skip
     print(f"  default over fp32: {results['speedup_c_default_over_fp32']:.2f}x compute, "
