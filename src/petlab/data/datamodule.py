@@ -60,7 +60,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 def warn_skipped(skipped: pd.DataFrame) -> None:
     """One warning per reason: files skipped for the same reason (a whole stray folder) share one line."""
     for problem, names in skipped.groupby("problem", sort=False)["name"]:
-        files = names.iloc[0] if len(names) == 1 else f"{len(names)} files ({', '.join(names.iloc[:3])}, ...)"
+        more = ", ..." if len(names) > 3 else ""
+        files = names.iloc[0] if len(names) == 1 else f"{len(names)} files ({', '.join(names.iloc[:3])}{more})"
         log.warning(f"skipping {files}: {problem}")
 
 
