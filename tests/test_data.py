@@ -316,6 +316,17 @@ def test_the_usual_split_folder_names_are_used_and_reported(tmp_path: Path, capl
     assert len(stray) == 1 and "6 files" in stray[0].getMessage() and "not a split folder" in stray[0].getMessage()
 
 
+def test_a_class_folder_named_like_a_split_is_a_class(tmp_path: Path):
+    source = generate_sample(tmp_path / "pets", per_breed=2, size=32)
+    root = tmp_path / "vehicles"
+    for name in ("bus", "train"):  # train/ holds images, not class folders: it is the class "train"
+        (root / name).mkdir(parents=True)
+        for image in sorted((source / "images").glob("*.jpg"))[:10]:
+            (root / name / image.name).write_bytes(image.read_bytes())
+    module = datamodule(root, tmp_path, layout="folder", split="random")
+    assert module.class_names == ["bus", "train"] and len(module.frame) == 20
+
+
 def test_a_folder_dataset_without_a_validation_folder_says_validation_is_carved_from_train(tmp_path: Path):
     source = generate_sample(tmp_path / "pets", per_breed=2, size=32)
     module = datamodule(
@@ -353,5 +364,7 @@ def test_stale_partial_files_of_interrupted_builds_are_removed_and_live_ones_kep
     live.write_bytes(b"being written")
     foreign = images / ".other.npy.another-host.1.partial"
     foreign.write_bytes(b"a build on another machine of a shared file system")
+    odd = images / ".x.partial"  # not a name petlab writes: left alone
+    odd.write_bytes(b"")
     datamodule(sample_root, tmp_path)
-    assert not stale.exists() and live.exists() and foreign.exists()
+    assert not stale.exists() and live.exists() and foreign.exists() and odd.exists()

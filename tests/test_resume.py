@@ -49,8 +49,10 @@ def test_a_bare_resume_continues_the_run_as_configured_and_keeps_its_record(tmp_
         assert composed["model"]["arch"] == "cnn" and composed["data"]["image_size"] == 32
         assert composed["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
 
-    resumed = petlab(tmp_path, "ckpt_path=last", "trainer.max_epochs=2")
+    resumed = petlab(tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "+tags_note=resumed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = petlab(tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "+tags_note=resumed", "--cfg", "job")
+    assert again.returncode == 0 and "tags_note: resumed" in again.stdout  # the same command again composes
     assert yaml.safe_load((run / "metrics.json").read_text())["epochs"] == 2
     assert digests(run / ".hydra") == record  # the run's own config is never rewritten
     (resume_record,) = (run / ".hydra").glob("resume-*")
@@ -71,11 +73,13 @@ def test_a_bare_resume_continues_the_run_as_configured_and_keeps_its_record(tmp_
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"", "not a loadable petlab checkpoint"), (os.urandom(3000), "not a loadable petlab checkpoint"),
-     (None, "not a petlab checkpoint")],
+     (None, "not a petlab checkpoint"), ("last", "resolved on the command line of a single run")],
 )  # fmt: skip
 def test_a_broken_or_foreign_checkpoint_is_a_one_line_error(make_cfg, tmp_path: Path, content, message: str):
     path = tmp_path / "given.ckpt"
-    if content is None:
+    if content == "last":  # as a config file or a sweep would give it, never resolved to a run
+        path = "last"
+    elif content is None:
         torch.save({"state_dict": {"weight": torch.zeros(2)}}, path)
     else:
         path.write_bytes(content)
@@ -126,9 +130,15 @@ def test_the_one_cycle_schedule_resumes_exactly_or_stretched_to_more_steps():
     assert same.get_last_lr()[0] == pytest.approx(rates[4])
     longer = one_cycle(optimizer(), total_steps=20)
     longer.load_state_dict(first.state_dict())
+    reference = one_cycle(optimizer(), total_steps=20)  # the 20-step cycle the resumed run now follows
+    for _ in range(4):
+        reference.optimizer.step()
+        reference.step()
     for _ in range(15):  # past the first schedule's 10 steps: torch's own OneCycleLR raises here
-        longer.optimizer.step()
-        longer.step()
+        for schedule in (longer, reference):
+            schedule.optimizer.step()
+            schedule.step()
+        assert longer.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0])
     assert longer.total_steps == 20
 
 

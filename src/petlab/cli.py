@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from petlab.errors import PetlabError
+from petlab.resume import RECORD_PREFIX
 from petlab.sweep import mark_failed
 
 log = logging.getLogger("petlab")
@@ -63,12 +64,10 @@ def quiet_console() -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and console_filter not in handler.filters:
             handler.addFilter(console_filter)
-    # Nothing a user can act on: Lightning's own use of a torch API that torch deprecated, its model summary
-    # sizing weights in bits under mixed precision (weights stay fp32), and a resumed run writing into its
-    # own checkpoint folder on purpose.
+    # Nothing a user can act on: Lightning's own use of a torch API that torch deprecated, and its model
+    # summary sizing weights in bits under mixed precision (weights stay fp32).
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 def require(cfg: DictConfig, *keys: str) -> None:
@@ -86,14 +85,21 @@ def discard_failed_start(problem: str) -> None:
     """
     hydra = HydraConfig.get()
     output_dir = Path(hydra.runtime.output_dir)
-    if not hydra.output_subdir or not output_dir.is_dir():
+    record = output_dir / str(hydra.output_subdir)
+    if not hydra.output_subdir or not (record / "config.yaml").is_file():
         return
-    if Path(hydra.output_subdir) != Path(".hydra"):
-        shutil.rmtree(output_dir / hydra.output_subdir, ignore_errors=True)
-    elif {entry.name for entry in output_dir.iterdir()} <= {".hydra", f"{hydra.job.name}.log"}:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    else:
+    started = (record / "config.yaml").stat().st_mtime  # Hydra wrote it as the job started
+    log_file = output_dir / f"{hydra.job.name}.log"
+    written = [path for path in output_dir.rglob("*") if path.is_file() and path != log_file
+               and ".hydra" not in path.relative_to(output_dir).parts and path.stat().st_mtime >= started]  # fmt: skip
+    if written:
         mark_failed(output_dir, problem)
+    elif record.parent.name == ".hydra" and record.name.startswith(RECORD_PREFIX):  # a resume's own record
+        shutil.rmtree(record)
+    elif record == output_dir / ".hydra" and {path.name for path in output_dir.iterdir()} <= {".hydra", log_file.name}:
+        shutil.rmtree(record)
+        log_file.unlink(missing_ok=True)
+        output_dir.rmdir()  # only ever empty by now: never removes anything else
 
 
 def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], Result]:

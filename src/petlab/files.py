@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
+
+PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.partial")
 
 
 def _host() -> str:
@@ -38,8 +41,8 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     """
     removed = []
     for partial in Path(directory).glob(".*.partial"):
-        _name, host, pid, _suffix = partial.name.rsplit(".", 3)
-        if host == _host() and pid.isdigit() and not _running(int(pid)):
+        named = PARTIAL_NAME.fullmatch(partial.name)
+        if named and named["host"] == _host() and not _running(int(named["pid"])):
             partial.unlink(missing_ok=True)
             removed.append(partial)
     return removed

@@ -9,6 +9,8 @@ losses and metrics are computed from fp32 logits.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 
 AUTO = "auto"
@@ -16,9 +18,10 @@ AUTO = "auto"
 BF16_FEATURES = {"_is_amx_tile_supported": "AMX", "_is_avx512_bf16_supported": "AVX512-BF16"}
 
 
-def cpu_bf16_features() -> list[str]:
+@cache
+def cpu_bf16_features() -> tuple[str, ...]:
     """The bfloat16 matrix instruction sets of this CPU, as torch detects them (empty: none)."""
-    return [name for probe, name in BF16_FEATURES.items() if getattr(torch.cpu, probe, lambda: False)()]
+    return tuple(name for probe, name in BF16_FEATURES.items() if getattr(torch.cpu, probe, lambda: False)())
 
 
 def cpu_has_fast_bf16() -> bool:

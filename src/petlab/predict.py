@@ -108,6 +108,8 @@ def main(cfg: DictConfig) -> None:
     require(cfg, "ckpt_path", "images")
     if cfg.output not in OUTPUTS:
         raise PetlabError(f"unknown output={cfg.output}: choose table or json")
+    if cfg.precision not in ("auto", "32-true", "bf16-mixed"):
+        raise PetlabError(f"unknown precision={cfg.precision}: choose auto, 32-true or bf16-mixed")
     if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
     entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]

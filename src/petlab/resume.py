@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from hydra.core.config_store import ConfigStore
 
-from petlab.config import config_dir, project_root, run_id
+from petlab.config import config_dir, run_id
 from petlab.errors import PetlabError
 
 RESUME_CONFIG = "petlab_resume"
@@ -25,20 +25,49 @@ VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--co
                  "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}  # fmt: skip
 
 
-def overrides_of(argv: Sequence[str]) -> list[str]:
-    """The ``key=value`` overrides of a command line, without Hydra's options and their values."""
-    overrides, skip = [], False
+def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Hydra's options (with their values) and the ``key=value`` overrides of a command line."""
+    options, overrides, skip = [], [], False
     for arg in argv:
         if skip or arg.startswith("-"):
+            options.append(arg)
             skip = not skip and arg in VALUE_OPTIONS
-            continue
-        overrides.append(arg)
-    return overrides
+        else:
+            overrides.append(arg)
+    return options, overrides
+
+
+def overrides_of(argv: Sequence[str]) -> list[str]:
+    """The ``key=value`` overrides of a command line, without Hydra's options and their values."""
+    return split_arguments(argv)[1]
 
 
 def last_value(overrides: Sequence[str], key: str) -> str | None:
+    """The value the last override of ``key`` gives, unquoted."""
     values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == key]
-    return values[-1] if values else None
+    if not values:
+        return None
+    value = values[-1]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1].replace(f"\\{value[0]}", value[0]).replace("\\\\", "\\")
+    return value
+
+
+def quoted(path: Path) -> str:
+    """``path`` as a value of Hydra's override grammar, whatever characters it holds."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def outputs_dir(overrides: Sequence[str]) -> Path:
+    """Where runs are written (``paths.log_dir``), as the configs compose it with the paths overrides given."""
+    from hydra import compose, initialize_config_dir
+
+    from petlab.config import register_resolvers
+
+    register_resolvers()
+    given = [item for item in overrides if item.lstrip("+").startswith("paths.")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return Path(compose("train", overrides=given).paths.log_dir).expanduser()
 
 
 def latest_checkpoint(overrides: Sequence[str]) -> Path:
@@ -48,7 +77,7 @@ def latest_checkpoint(overrides: Sequence[str]) -> Path:
         candidates = [Path(run_dir).expanduser() / "checkpoints" / "last.ckpt"]
         places = f"{candidates[0]}"
     else:
-        outputs = Path(last_value(overrides, "paths.log_dir") or project_root() / "outputs").expanduser()
+        outputs = outputs_dir(overrides)
         candidates = list(outputs.glob("**/checkpoints/last.ckpt"))
         places = f"every run and sweep job under {outputs}"
     found = [path for path in candidates if path.is_file()]
@@ -60,9 +89,14 @@ def latest_checkpoint(overrides: Sequence[str]) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime).resolve()
 
 
-def saved_config(run_dir: Path) -> Path | None:
-    """The config a run last ran with: that of its latest resume, else its original one."""
-    records = sorted((run_dir / ".hydra").glob(f"{RECORD_PREFIX}*/config.yaml"))
+def saved_config(run_dir: Path, skipped: str | None = None) -> Path | None:
+    """The config a run last ran with: that of its latest resume, else its original one.
+
+    ``skipped`` (a ``hydra.output_subdir``) is the record of the resume being started: a DDP worker process,
+    which re-runs its parent's command line, must compose from what the parent composed from.
+    """
+    records = sorted(path for path in (run_dir / ".hydra").glob(f"{RECORD_PREFIX}*/config.yaml")
+                     if skipped is None or path.parent != run_dir / skipped)  # fmt: skip
     original = run_dir / ".hydra" / "config.yaml"
     return records[-1] if records else original if original.is_file() else None
 
@@ -78,16 +112,21 @@ def resume_arguments(argv: list[str]) -> list[str]:
     A checkpoint inside a run directory resumes with that run's saved config; any other checkpoint file
     with the config the command line composes.
     """
-    overrides = overrides_of(argv)
+    options, overrides = split_arguments(argv)
     value = last_value(overrides, "ckpt_path")
     if value in (None, "", "null") or {"-m", "--multirun"} & set(argv):
         return argv
     checkpoint = latest_checkpoint(overrides) if value == "last" else Path(value).expanduser().resolve()
     if not checkpoint.is_file():
         raise PetlabError(f"ckpt_path={value} does not exist: give a checkpoint file or ckpt_path=last")
-    arguments = [arg for arg in argv if not arg.startswith("ckpt_path=")] + [f"ckpt_path={checkpoint}"]
+    # Options first: Hydra takes the overrides as one list after them.
+    arguments = [*options, *(arg for arg in overrides if not arg.startswith("ckpt_path=")),
+                 f"ckpt_path={quoted(checkpoint)}"]  # fmt: skip
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-    config = saved_config(run_dir) if run_dir is not None else None
+    target = last_value(overrides, "hydra.run.dir")
+    if run_dir is None or (target is not None and Path(target).expanduser().resolve() != run_dir):
+        return arguments  # a checkpoint outside a run, or a new run started from one: composed as usual
+    config = saved_config(run_dir, last_value(overrides, "hydra.output_subdir"))
     if config is None:
         return arguments
     groups = config_groups() - {"hydra"}
@@ -101,11 +140,13 @@ def resume_arguments(argv: list[str]) -> list[str]:
     content = yaml.safe_load(config.read_text()) or {}
     # The run's config, then petlab's Hydra settings (run directory, logging, callbacks) around it.
     ConfigStore.instance().store(name=RESUME_CONFIG, node={"defaults": [{"hydra": "default"}, "_self_"], **content})
+    # The saved config may hold what a "+key=" of the original command added: add or replace it.
+    arguments = [f"+{arg}" if arg.startswith("+") and not arg.startswith("++") else arg for arg in arguments]
     # A DDP worker process re-runs this command line as its parent rewrote it: nothing more to add.
     if f"--config-name={RESUME_CONFIG}" not in argv:
         arguments = [f"--config-name={RESUME_CONFIG}", *arguments]
-    if last_value(overrides, "hydra.run.dir") is None:
-        arguments.append(f"hydra.run.dir={run_dir}")
+    if target is None:
+        arguments.append(f"hydra.run.dir={quoted(run_dir)}")
     if last_value(overrides, "hydra.output_subdir") is None:
         arguments.append(f"hydra.output_subdir=.hydra/{RECORD_PREFIX}{run_id()}")
     return arguments

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
         if OmegaConf.select(cfg, key) is not None:
             whole_number(key, OmegaConf.select(cfg, key), minimum)
     freeze_epochs, max_epochs = cfg.model.get("freeze_epochs", 0), cfg.trainer.get("max_epochs")
-    if freeze_epochs and not cfg.trainer.get("fast_dev_run") and max_epochs is not None and freeze_epochs >= max_epochs:
+    limited = max_epochs is not None and max_epochs >= 0  # -1: no limit
+    if freeze_epochs and not cfg.trainer.get("fast_dev_run") and limited and freeze_epochs >= max_epochs:
         raise PetlabError(
             f"model.freeze_epochs={freeze_epochs} leaves no epoch to train the whole network with "
             f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
@@ -99,6 +101,13 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     check_optimizer(cfg)
     if not cfg.get("ckpt_path"):
         return None
+    if cfg.ckpt_path == "last":
+        raise PetlabError(
+            "ckpt_path=last is resolved on the command line of a single run (python -m petlab ckpt_path=last); "
+            "in a config file or a sweep, give the checkpoint's path"
+        )
+    # A resumed run writes into its own checkpoint folder on purpose: Lightning's warning says nothing here.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     content = read_checkpoint(cfg.ckpt_path)
     return {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
 

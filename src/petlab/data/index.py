@@ -161,11 +161,17 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
 
 
 def split_folders(root: Path) -> dict[str, str]:
-    """The top-level folders of a folder dataset that hold a split, and which: ``{"validation": "val", ...}``."""
+    """The top-level folders of a folder dataset that hold a split, and which: ``{"validation": "val", ...}``.
+
+    A split folder holds class folders; a folder of images named like a split (a class ``train/`` beside
+    ``bus/`` and ``car/``) is a class.
+    """
     return {
         entry.name: SPLIT_FOLDER_NAMES[entry.name.lower()]
         for entry in sorted(os.scandir(root), key=lambda entry: entry.name)
-        if entry.is_dir() and entry.name.lower() in SPLIT_FOLDER_NAMES
+        if entry.is_dir()
+        and entry.name.lower() in SPLIT_FOLDER_NAMES
+        and any(child.is_dir() for child in os.scandir(entry.path))
     }
 
 
