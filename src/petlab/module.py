@@ -122,15 +122,11 @@ class PetClassifier(L.LightningModule):
     def uses_channels_last(self) -> bool:
         return uses_channels_last(self.channels_last, self.device.type)
 
-    def _set_memory_format(self) -> None:
-        if self.uses_channels_last():
+    def setup(self, stage: str) -> None:
+        # Here, before the strategy moves and wraps the network: DDP lays out its gradient buckets as the
+        # parameters are then, and warns (and slows down) if they change format afterwards.
+        if uses_channels_last(self.channels_last, self.trainer.strategy.root_device.type):
             self.to(memory_format=torch.channels_last)
-
-    def on_fit_start(self) -> None:
-        self._set_memory_format()
-
-    def on_test_start(self) -> None:
-        self._set_memory_format()  # petlab.evaluate tests without fitting
 
     def on_train_epoch_start(self) -> None:
         # fastai's fine_tune: the head alone for freeze_epochs, then everything (with discriminative lrs).
