@@ -167,15 +167,18 @@ def _shown(value: Any) -> str:
 
 
 def check_resume(checkpoint: dict[str, Any], hparams: dict[str, Any], data: dict[str, Any], path: Path) -> None:
-    """Refuse to resume ``checkpoint`` with a module (``hparams``) or data config that differs where it matters."""
+    """Refuse to resume ``checkpoint`` with a module (``hparams``) or data config that differs where it matters.
+
+    Only the settings given are compared, so this can run on the config before the data is set up.
+    """
     saved_hparams = checkpoint.get("hyper_parameters", {})
     saved_data = (checkpoint.get("petlab") or {}).get("data") or {}
     differences = [
-        (label, saved_hparams[key], hparams.get(key)) for key, label in FIXED_MODEL.items()
-        if key in saved_hparams and saved_hparams[key] != hparams.get(key)
+        (label, saved_hparams[key], hparams[key]) for key, label in FIXED_MODEL.items()
+        if key in saved_hparams and key in hparams and saved_hparams[key] != hparams[key]
     ] + [
-        (f"data.{key}", saved_data[key], data.get(key)) for key in FIXED_DATA
-        if key in saved_data and saved_data[key] != data.get(key)
+        (f"data.{key}", saved_data[key], data[key]) for key in FIXED_DATA
+        if key in saved_data and key in data and saved_data[key] != data[key]
     ]  # fmt: skip
     if differences:
         listed = "; ".join(f"{name} was {_shown(old)}, now {_shown(new)}" for name, old, new in differences)

@@ -109,7 +109,13 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     # A resumed run writes into its own checkpoint folder on purpose: Lightning's warning says nothing here.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     content = read_checkpoint(cfg.ckpt_path)
-    return {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
+    settings = {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
+    # What the config alone decides is compared now, before the data is indexed and cached; the classes
+    # and normalisation once the data module knows them.
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    check_resume(settings, {**model, "task": cfg.task.name, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
+    return settings
 
 
 def check_optimizer(cfg: DictConfig) -> None:
