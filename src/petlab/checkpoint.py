@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, resized_side
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, first_line
 from petlab.module import PetClassifier
 
 
@@ -54,10 +54,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a garbage file can fail in the unpickler in many ways
-        first_line = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise PetlabError(
             f"ckpt_path={path} is not a loadable petlab checkpoint (it may be corrupt, or hold code that is "
-            f"not loaded for safety): {first_line}"
+            f"not loaded for safety): {first_line(error).split('. ')[0]}"
         ) from error
     if not isinstance(content, dict) or "petlab" not in content or "hyper_parameters" not in content:
         raise PetlabError(f"ckpt_path={path} is not a petlab checkpoint: train one with python -m petlab")

@@ -3,3 +3,9 @@
 
 class PetlabError(Exception):
     """A user-facing error whose message says what was wrong and what to do about it."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (its type's name when it has none), to quote in one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -34,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from petlab.checkpoint import load_checkpoint
     from petlab.interpret import write_evaluation
-    from petlab.train import build_trainer, numerics, scalar_metrics, tensorboard_writer
+    from petlab.train import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
     L.seed_everything(cfg.seed, verbose=False)
@@ -55,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("val", "test") or cfg.split not in datamodule.datasets:
         raise PetlabError(f"split={cfg.split} is not available here: choose one of val, test")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_group(cfg, "logger")
     trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
     probabilities, targets = model.test_predictions()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from petlab.checkpoint import read_checkpoint
 from petlab.config import flatten, whole_number
 from petlab.data.datamodule import PetDataModule
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, first_line
 from petlab.interpret import write_evaluation
 from petlab.module import PetClassifier
 from petlab.precision import AUTO, cpu_bf16_features, resolve_precision, uses_channels_last
@@ -44,8 +44,7 @@ def build_object(config: DictConfig, key: str, **arguments: Any) -> Any:
     try:
         return instantiate(config, **arguments)
     except InstantiationException as error:
-        cause = error.__cause__ or error
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        reason = first_line(error.__cause__ or error)
         raise PetlabError(f"{key} cannot be built from the config ({reason}): check the {key}.* values") from error
 
 
@@ -65,10 +64,14 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetCl
         **({"pretrained": False, "weights_path": None} if resuming else {}),
         _convert_="all",
     )
-    # A group entry set to null (callbacks.early_stopping=null) switches that object off.
-    callbacks = [build_object(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
-    loggers = [build_object(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    callbacks, loggers = build_group(cfg, "callbacks"), build_group(cfg, "logger")
     return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def build_group(cfg: DictConfig, group: str) -> list[Any]:
+    """The objects of a config group such as callbacks or logger; an entry set to null is switched off."""
+    entries = (cfg.get(group) or {}).items()
+    return [build_object(entry, f"{group}.{name}") for name, entry in entries if entry is not None]
 
 
 def build_trainer(config: DictConfig, **arguments: Any) -> L.Trainer:
