@@ -4,9 +4,10 @@ On the same images and settings it measures (a) the notebook-style pipeline (PIL
 tensor, normalise, per item per epoch), (b) petlab's pipeline cold (building the decoded-image cache)
 and warm, (c) the model's compute bound (forward, backward and optimiser step on a batch already in
 memory) and (d) petlab's end-to-end training throughput (the Lightning module fed by the data module,
-with the default augmentation of ``conf/data/oxford_pet.yaml``). (c) and (d) are measured in fp32 with
-contiguous tensors (the default before bfloat16) and in the default precision and memory format of this
-device (``trainer.precision=auto``), each ``repeats`` times, and reported as medians; then it prints
+with the default augmentation of ``conf/data/oxford_pet.yaml``); both use the training config's optimizer.
+(c) and (d) are measured in fp32 with contiguous tensors (the default before bfloat16) and in the default
+precision and memory format of this device (``trainer.precision=auto``), alternately, ``repeats`` times
+each, and reported as medians; then it prints
 images per second, the ratios b/a and d/c, the speed-up of the default over fp32, and peak memory.
 """
 
@@ -24,7 +25,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
@@ -79,14 +81,15 @@ def images_per_second(loader: DataLoader, on_batch: Batch | None = None, warm_up
 
 
 def compute_bound(
-    model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int, precision: str = "32-true"
+    model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int, precision: str = "32-true",
+    optimizer_factory: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
 ) -> float:  # fmt: skip
     """Training steps on one batch already in memory: the most the data pipeline can let the model do.
 
     ``model`` and ``batch`` come in the memory format to measure; ``precision`` sets autocast as Lightning's
-    plugin does, with the loss in fp32 as in training.
+    plugin does, with the loss in fp32 as in training; the optimizer is the one training uses.
     """
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = optimizer_factory(params=model.parameters())
     model.train()
 
     def step() -> None:
@@ -129,9 +132,16 @@ class _StepTimer(L.Callback):
             self.images += len(batch[1])
 
 
+def training_default(group: str) -> DictConfig:
+    """The config of ``group`` (data, optimizer, ...) that a training run uses unless told otherwise."""
+    defaults = OmegaConf.load(config_dir() / "train.yaml").defaults
+    choice = next(entry[group] for entry in defaults if isinstance(entry, DictConfig) and group in entry)
+    return OmegaConf.load(config_dir() / group / f"{choice}.yaml")
+
+
 def default_augmentation() -> dict[str, Any]:
     """``data.augment`` as the data config sets it: what a training run does unless told otherwise."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / "data" / "oxford_pet.yaml").augment)
+    return OmegaConf.to_container(training_default("data").augment)
 
 
 def end_to_end(module: PetClassifier, datamodule: PetDataModule, device: torch.device, precision: str,
@@ -152,15 +162,20 @@ def run_bench(
     workers: int | str = "auto", steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure (a)-(d) on the first ``images`` readable images of ``root``; return the figures."""
-    workers = resolve_num_workers(workers)
+    notebook_workers, workers = resolve_num_workers(workers), resolve_num_workers(workers, cached=True)
     index = build_index(root)
     paths = index.loc[index["readable"], "path"].tolist()[:images]
     if len(paths) < batch_size:
         raise PetlabError(f"{root} has {len(paths)} readable images; the bench needs at least --batch-size")
-    loader_options = {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0}
+
+    def loader_options(count: int) -> dict[str, Any]:
+        return {"batch_size": batch_size, "num_workers": count, "persistent_workers": count > 0}
+
     results: dict[str, Any] = {"root": str(root), "model": model, "image_size": image_size,
-                               "batch_size": batch_size, "images": len(paths), "workers": workers}  # fmt: skip
-    results["a_notebook_img_s"] = images_per_second(DataLoader(NotebookDataset(paths, image_size), **loader_options))
+                               "batch_size": batch_size, "images": len(paths), "notebook_workers": notebook_workers,
+                               "workers": workers}  # fmt: skip
+    notebook = DataLoader(NotebookDataset(paths, image_size), **loader_options(notebook_workers))
+    results["a_notebook_img_s"] = images_per_second(notebook)
 
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
         side = resized_side(image_size, DEFAULT_CROP_MARGIN)
@@ -168,7 +183,7 @@ def run_bench(
 
         def cached(crop: int | None) -> DataLoader:
             dataset = CachedImageDataset(store, range(len(paths)), [0] * len(paths), ItemTransform(side, crop))
-            return DataLoader(dataset, **loader_options)
+            return DataLoader(dataset, **loader_options(workers))
 
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         augment = default_augmentation()
@@ -198,16 +213,20 @@ def run_bench(
         results["precision"] = default
         # fp32 with contiguous tensors, what training did before bfloat16; then this device's default.
         settings = {"fp32": ("32-true", False), "default": (default, AUTO)}
+        optimizer = instantiate(training_default("optimizer"))
         for name, (chosen, channels_last) in settings.items():
             module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
-                                   datamodule.std, channels_last=channels_last)  # fmt: skip
+                                   datamodule.std, channels_last=channels_last, optimizer=optimizer)  # fmt: skip
             memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
             net = module.net.to(device, memory_format=memory_format or torch.contiguous_format)
             batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
             batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
             targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
-            compute = [compute_bound(net, batch, targets, steps, chosen) for _ in range(repeats)]
-            training = [end_to_end(module, datamodule, device, chosen, steps) for _ in range(repeats)]
+            # Alternated, so that each ratio d/c compares measurements taken moments apart on a shared machine.
+            compute, training = [], []
+            for _ in range(repeats):
+                compute.append(compute_bound(net, batch, targets, steps, chosen, optimizer))
+                training.append(end_to_end(module, datamodule, device, chosen, steps))
             results[f"c_compute_{name}_img_s"] = statistics.median(compute)
             results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)
             results[f"ratio_d_over_c_{name}"] = statistics.median(d / c for d, c in zip(training, compute, strict=True))
@@ -229,7 +248,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=512, help="how many images to read (default 512)")
-    parser.add_argument("--workers", default="auto", help="dataloader workers for every pipeline (default auto)")
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="dataloader workers for every pipeline (default auto: "
+        "as training chooses, none for the cached pipelines on a CPU)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed training steps for (c) and (d)")
     parser.add_argument("--repeats", type=int, default=3, help="measurements of (c) and (d) to take medians of")
     parser.add_argument("--precision", default=AUTO, help="the default to compare with fp32 (auto: as training)")
@@ -250,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(results))
         return
     print(f"petlab bench: {results['images']} images from {results['root']}, {results['model']} at "
-          f"{results['image_size']} px, batch {results['batch_size']}, {results['workers']} workers, "
+          f"{results['image_size']} px, batch {results['batch_size']}, workers: {results['notebook_workers']} (a), "
+          f"{results['workers']} (b-d), "
           f"{results['device']}; (c) and (d): medians of {results['repeats']}")  # fmt: skip
     default = f"default, {results['precision']}"
     rows = [

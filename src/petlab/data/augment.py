@@ -89,15 +89,33 @@ class BatchAugmentation:
         """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size)."""
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        theta = self._affine(count).to(device)
-        grid = F.affine_grid(theta, [count, 3, self.image_size, self.image_size], align_corners=False)
+        grid = sampling_grid(self._affine(count).to(device), self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if self.color_jitter == 0:
             return pixels
+        # Each blend is factor x image + (1 - factor) x grey, in place on the fresh output of grid_sample:
+        # brightness blends with black, contrast with the mean grey, saturation with each pixel's grey.
         weights = torch.tensor(GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
-        pixels = (pixels * self._jitter(count, device)).clamp_(0, 1)
+        pixels.mul_(self._jitter(count, device)).clamp_(0, 1)
+        contrast = self._jitter(count, device)
         mean_grey = (pixels * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        pixels = torch.lerp(mean_grey, pixels, self._jitter(count, device)).clamp_(0, 1)
+        pixels.mul_(contrast).add_(mean_grey * (1 - contrast)).clamp_(0, 1)
+        saturation = self._jitter(count, device)
         grey = (pixels * weights).sum(dim=1, keepdim=True)
-        return torch.lerp(grey, pixels, self._jitter(count, device)).clamp_(0, 1)
+        return pixels.mul_(saturation).add_(grey.mul_(1 - saturation)).clamp_(0, 1)
+
+
+def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, C, size, size), align_corners=False)`` as two broadcast multiply-adds.
+
+    On a CPU, affine_grid's batched matrix product with an inner dimension of 3 costs as much as the
+    bilinear resampling itself.
+    """
+    coords = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1
+    count = len(theta)
+    return (
+        theta[:, :, 0].view(count, 1, 1, 2) * coords.view(1, 1, size, 1)
+        + theta[:, :, 1].view(count, 1, 1, 2) * coords.view(1, size, 1, 1)
+        + theta[:, :, 2].view(count, 1, 1, 2)
+    )
