@@ -28,7 +28,9 @@ def petlab(*args: str, cwd: Path, root: Path | None = None) -> subprocess.Comple
 
 def test_help_and_composed_config_work_from_any_directory(tmp_path: Path):
     shown = petlab("--help", cwd=tmp_path)
-    assert shown.returncode == 0 and "model: cnn, resnet34, resnet50" in shown.stdout
+    assert shown.returncode == 0
+    assert "model: cnn, convnext_tiny, efficientnet_b0, mobilenet_v3_large, resnet34, resnet50\n" in shown.stdout
+    assert "task: breed, species\n" in shown.stdout and "_base" not in shown.stdout
     composed = petlab("--cfg", "job", "task=breed", cwd=tmp_path)
     assert composed.returncode == 0 and "name: breed" in composed.stdout
 
@@ -56,8 +58,8 @@ def test_a_two_job_multirun_gets_two_directories(tmp_path: Path, sample_root: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1
-    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1"]
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0_task=species", "1_task=breed"]
     tasks = set()
     for job in jobs:
         metrics = json.loads((job / "metrics.json").read_text())

@@ -62,7 +62,7 @@ def test_unreadable_files_are_found_before_training_and_never_loaded(flawed_root
 def test_images_without_a_list_row_keep_their_file_name_labels(flawed_root: Path, tmp_path: Path):
     listing = flawed_root / "annotations" / "list.txt"
     listing.write_text("\n".join(line for line in listing.read_text().splitlines() if "Persian_1 " not in line))
-    frame = datamodule(flawed_root, tmp_path, task="breed").frame.set_index("name")
+    frame = datamodule(flawed_root, tmp_path, target="breed").frame.set_index("name")
     assert frame.loc["Persian_1", "label"] == "Persian" and frame.loc["Persian_1", "species"] == "cat"
 
 
@@ -90,7 +90,7 @@ def test_a_subset_of_breeds_is_the_label_space(tmp_path: Path):
     for path in (root / "images").iterdir():
         if not path.name.startswith(("Bengal", "beagle", "pug")):
             path.unlink()
-    assert datamodule(root, tmp_path, task="breed").class_names == ["Bengal", "beagle", "pug"]
+    assert datamodule(root, tmp_path, target="breed").class_names == ["Bengal", "beagle", "pug"]
 
 
 def test_synthetic_upsampling_balances_species_from_training_cats_only(sample_root: Path, tmp_path: Path):
@@ -279,7 +279,7 @@ def test_the_real_release_sample_is_read_with_its_quirks(tmp_path: Path):
     assert int(index["readable"].sum()) == 600
     assert (index.loc[~index["readable"], "problem"].str.startswith("not an image file")).sum() == 3
     assert set(index.loc[index["readable"], "mode"]) >= {"RGB", "RGBA", "P"}
-    module = datamodule(REAL_SAMPLE, tmp_path, task="breed")
+    module = datamodule(REAL_SAMPLE, tmp_path, target="breed")
     assert module.class_names == ["Abyssinian", "Bengal", "american_bulldog"]
     assert snapshot(REAL_SAMPLE) == before
 

@@ -1,5 +1,6 @@
 """Test-set evaluation, interpretation files, TensorBoard HParams, evaluate, predict and export."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,11 +12,15 @@ import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision import models
 
 from petlab.checkpoint import load_checkpoint
+from petlab.cli import user_error
+from petlab.data.labels import ALL_BREEDS
 from petlab.data.sample import generate_sample
 from petlab.errors import PetlabError
 from petlab.export import export
+from petlab.train import train
 
 
 def best_checkpoint(run: Path) -> Path:
@@ -49,11 +54,15 @@ def test_tensorboard_has_the_figures_and_an_hparams_session_with_metrics(trained
     images = set(events.Tags()["images"])
     assert {"evaluation/confusion_matrix", "evaluation/top_losses", "evaluation/learning_curves"} <= images
     scalars = set(events.Tags()["scalars"])
-    assert {"hp/val_acc", "hp/test_acc", "test/acc_per_class/Bengal"} <= scalars
+    assert {"hp/val/acc_best", "hp/test/acc", "hp/test/f1_macro", "test/acc_per_class/Bengal"} <= scalars
     plugin = events.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugin and "_hparams_/experiment" in plugin
     session = plugin["_hparams_/session_start_info"].decode(errors="ignore")
-    assert "model/arch" in session and "data/image_size" in session
+    # What a person compares, set on the command line included; not every path and _target_.
+    assert all(
+        name in session for name in ("model.backbone.name", "data.image_size", "optimizer.lr", "trainer.max_epochs")
+    )
+    assert "paths." not in session and "_target_" not in session and "cache_dir" not in session
 
 
 def test_evaluate_reproduces_the_test_metrics_in_a_new_directory(trained_run: Path, tmp_path: Path):
@@ -154,3 +163,71 @@ def test_predict_on_nothing_but_non_images_is_an_error(trained_run: Path, tmp_pa
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     result = petlab("petlab.predict", f"ckpt_path={best_checkpoint(trained_run)}", f"images=[{tmp_path}]", cwd=tmp_path)
     assert result.returncode == 2 and "none of the 2 files" in result.stderr and "Traceback" not in result.stderr
+
+
+def first_release_checkpoint(
+    path: Path, arch: str, class_names: list[str], image_size: int, root: Path
+) -> torch.nn.Module:
+    """Write a checkpoint as petlab's first release did (one PetClassifier: flat hyperparameters, the whole
+    network under ``net.``, format 1) and return that network, built here as the first release built it."""
+    if arch == "cnn":
+        widths, side, nn = (3, 64, 128, 256, 512), image_size // 16, torch.nn
+        blocks = [nn.Sequential(nn.Conv2d(a, b, 3, 1, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2))
+                  for a, b in itertools.pairwise(widths)]  # fmt: skip
+        network = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(512 * side * side, 512), nn.ReLU(), nn.Dropout(0.5),
+                                nn.Linear(512, len(class_names)))  # fmt: skip
+    else:
+        network = models.get_model(arch, weights=None)
+        network.fc = torch.nn.Sequential(torch.nn.Linear(network.fc.in_features, 512), torch.nn.ReLU(),
+                                         torch.nn.Dropout(0.5), torch.nn.Linear(512, len(class_names)))  # fmt: skip
+    for parameter in network.parameters():  # away from the initialisation, so a wrong mapping shows
+        parameter.data.normal_(0, 0.05)
+    hparams = {"arch": arch, "task": "breed", "class_names": class_names, "image_size": image_size,
+               "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "pretrained": False, "weights_path": None,
+               "hidden": 512, "dropout": 0.5, "label_smoothing": 0.0, "freeze_epochs": 0,
+               "backbone_lr_factor": 1.0, "channels_last": "auto", "compile": False}  # fmt: skip
+    state = {f"net.{key}": value for key, value in network.state_dict().items()}
+    state |= {"val_acc_best": torch.tensor(0.75), "best_epoch_buffer": torch.tensor(3)}
+    data = {
+        "_target_": "petlab.data.PetDataModule",
+        "root": str(root),
+        "task": "breed",
+        "image_size": image_size,
+        "batch_size": 8,
+        "num_workers": 0,
+        "split": "official",
+        "seed": 0,
+        "cache_margin": 0.15,
+        "cache": False,
+    }
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 4,
+                "petlab": {"format": 1, "data": data}}, path)  # fmt: skip
+    return network.eval()
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet34"])
+def test_first_release_checkpoints_evaluate_predict_export_and_refuse_to_resume(make_cfg, sample_root: Path,
+                                                                                tmp_path: Path, arch: str):  # fmt: skip
+    path = tmp_path / f"{arch}.ckpt"
+    breeds = sorted(ALL_BREEDS)
+    network = first_release_checkpoint(path, arch, breeds, image_size=32, root=sample_root)
+    checkpoint = load_checkpoint(path)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = network((images / 255 - mean) / std)
+        np.testing.assert_allclose(checkpoint.model(images).numpy(), expected.numpy(), atol=1e-5)
+    assert checkpoint.class_names == breeds and checkpoint.task.name == "breed"
+    assert checkpoint.model.best_epoch == 3 and checkpoint.side == round(32 * 1.15)
+    exported = export(checkpoint, "torchscript", tmp_path / "model.pt")
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(exported))(images / 255).numpy(), expected.numpy(), atol=1e-4)
+    with pytest.raises(Exception) as raised:
+        train(make_cfg(["task=breed", f"model={arch}", f"ckpt_path={path}"]))
+    message = str(user_error(raised.value))
+    assert "written by an earlier petlab" in message and "not resumed" in message and "\n" not in message
+    if arch == "cnn":  # evaluate on the data config it carries, as written by the first release
+        evaluated = petlab("petlab.evaluate", f"ckpt_path={path}", cwd=tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        (metrics,) = (tmp_path / "outputs" / "evaluations").glob("*/metrics.json")
+        assert json.loads(metrics.read_text())["images"] > 0

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from petlab import precision
-from petlab.module import PetClassifier
+from petlab.module import PetModule
 from petlab.precision import resolve_precision, uses_channels_last
+from petlab.tasks import Classification
 from petlab.train import train
 
 
@@ -45,14 +46,15 @@ def test_explicit_settings_override_auto(make_cfg, cpu_features: list[str]):
 
 
 def test_losses_and_metrics_get_fp32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch):
-    model = PetClassifier("cnn", "species", ["cat", "dog"], 32, [0.5] * 3, [0.25] * 3)
+    task = Classification("species", "species", ["cat", "dog"])
+    model = PetModule({"name": "cnn", "pretrained": False}, task, 32, [0.5] * 3, [0.25] * 3)
     seen = []
     update = model.stage_metrics["train_acc"].update
     monkeypatch.setattr(model.stage_metrics["train_acc"], "update", lambda p, t: seen.append(p.dtype) or update(p, t))
     model.log = lambda *args, **kwargs: None  # no Trainer attached
     images, targets = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert model.net(torch.randn(2, 3, 32, 32)).dtype == torch.bfloat16  # the network does run in bf16
+        assert model(torch.randn(2, 3, 32, 32)).dtype == torch.bfloat16  # the network does run in bf16
         loss = model.training_step((images, targets), 0)
     assert loss.dtype == torch.float32 and seen == [torch.float32]
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -46,7 +46,7 @@ def test_a_bare_resume_continues_the_run_as_configured_and_keeps_its_record(tmp_
         shown = petlab(tmp_path, *order)
         assert shown.returncode == 0, shown.stderr[-2000:]
         composed = yaml.safe_load(shown.stdout)
-        assert composed["model"]["arch"] == "cnn" and composed["data"]["image_size"] == 32
+        assert composed["model"]["backbone"]["name"] == "cnn" and composed["data"]["image_size"] == 32
         assert composed["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
 
     resumed = petlab(tmp_path, "ckpt_path=last", "trainer.max_epochs=2", "+tags_note=resumed")
@@ -97,17 +97,18 @@ def test_a_truncated_checkpoint_of_a_real_run_is_refused(trained_run: Path, make
 
 
 def test_resuming_with_other_model_or_data_settings_names_each_difference():
+    task = {"name": "species", "class_names": ["cat", "dog"], "dropout": 0.5}
     checkpoint = {
-        "hyper_parameters": {"arch": "cnn", "class_names": ["cat", "dog"], "image_size": 32, "dropout": 0.5},
+        "hyper_parameters": {"backbone": {"name": "cnn"}, "task": task, "image_size": 32},
         "petlab": {"data": {"seed": 1, "split": "official", "num_workers": 4}},
     }
-    same = {"arch": "cnn", "class_names": ["cat", "dog"], "image_size": 32, "dropout": 0.2}
+    same = {"backbone": {"name": "cnn"}, "task": {**task, "dropout": 0.2}, "image_size": 32}
     check_resume(checkpoint, same, {"seed": 1, "split": "official", "num_workers": 0}, Path("x.ckpt"))
-    other = {**same, "arch": "resnet34", "class_names": ["Abyssinian", "Bengal"]}
+    other = {**same, "backbone": {"name": "resnet34"}, "task": {**task, "class_names": ["Abyssinian", "Bengal"]}}
     with pytest.raises(PetlabError) as raised:
         check_resume(checkpoint, other, {"seed": 2, "split": "official"}, Path("x.ckpt"))
     message = str(raised.value)
-    assert "model.arch was cnn, now resnet34" in message and "the classes was [cat, dog]" in message
+    assert "model.backbone.name was cnn, now resnet34" in message and "the classes was [cat, dog]" in message
     assert "data.seed was 1, now 2" in message and "dropout" not in message and "\n" not in message
 
 

@@ -44,7 +44,10 @@ def test_a_four_job_k_fold_sweep_and_its_report(project: Path):
     result = run(project, "-m", "task=species,breed", "data.folds=2", "data.fold=0,1", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = sweep_dir(project)
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [  # named by what the sweep varies
+        "0_task=species,data.fold=0", "1_task=species,data.fold=1",
+        "2_task=breed,data.fold=0", "3_task=breed,data.fold=1",
+    ]  # fmt: skip
     assert (sweep / "report.md").is_file() and (sweep / "report.png").is_file()  # written by the sweep itself
 
     report = run(project, str(sweep), module="petlab.report")
@@ -73,7 +76,9 @@ def test_the_report_says_what_is_wrong_with_its_input(tmp_path: Path):
         collect_runs([tmp_path])
     half = tmp_path / "sweep" / "0" / ".hydra"
     half.mkdir(parents=True)
-    (half / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "breed"}, "model": {"arch": "cnn"}}))
+    (half / "config.yaml").write_text(
+        yaml.safe_dump({"task": {"name": "breed"}, "model": {"backbone": {"name": "cnn"}}})
+    )
     (half / "overrides.yaml").write_text(yaml.safe_dump(["model=cnn"]))
     runs = collect_runs([tmp_path / "sweep"])
     assert list(runs["status"]) == ["incomplete"]
@@ -87,7 +92,9 @@ def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others
     for job, metrics in (("0", '{"val/acc_best": 0.75, "test/acc": 0.5}'), ("1", '{"val/acc_best": 0.')):
         hydra = tmp_path / "sweep" / job / ".hydra"
         hydra.mkdir(parents=True)
-        (hydra / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "breed"}, "model": {"arch": "cnn"}}))
+        (hydra / "config.yaml").write_text(
+            yaml.safe_dump({"task": {"name": "breed"}, "model": {"backbone": {"name": "cnn"}}})
+        )
         (hydra / "overrides.yaml").write_text(yaml.safe_dump([f"seed={job}"]))
         (hydra.parent / "metrics.json").write_text(metrics)
     result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")], capture_output=True,
@@ -109,7 +116,7 @@ def test_an_optuna_search_is_stored_resumed_and_reports_its_best(project: Path):
     study = optuna.load_study(study_name="petlab", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) >= {"optimizer.lr", "model.dropout"}
+    assert set(best["best_params"]) >= {"optimizer.lr", "task.dropout"}
     assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))
     assert len([p for p in sweep.iterdir() if p.is_dir()]) == 3  # the resumed trial did not overwrite one
 

@@ -6,92 +6,58 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from torchvision import models
 
 from petlab.cli import user_error
-from petlab.config import config_dir
-from petlab.errors import PetlabError
-from petlab.models import create_model
-from petlab.module import PetClassifier
+from petlab.config import config_options
+from petlab.module import PetModule
+from petlab.tasks import Classification
 from petlab.train import train
 
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+EXPERIMENTS = config_options("experiment")
+BACKBONES = config_options("model")
 VOLATILE = {"seconds", "best_checkpoint"}
 
 
-def test_weights_path_loads_a_local_state_dict(tmp_path: Path):
-    reference = models.resnet34(weights=None)
-    torch.save(reference.state_dict(), tmp_path / "resnet34.pth")
-    model = create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "resnet34.pth")
-    assert torch.equal(model.layer4[2].conv2.weight, reference.layer4[2].conv2.weight)
-    assert model.fc[-1].out_features == 2
+def module(backbone: str = "resnet34", image_size: int = 32, **options) -> PetModule:
+    task = Classification("species", "species", ["cat", "dog"])
+    return PetModule({"name": backbone, "pretrained": False}, task, image_size, [0.5] * 3, [0.25] * 3, **options)
 
 
-def test_weights_of_another_architecture_are_refused(tmp_path: Path):
-    torch.save(models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
-    with pytest.raises(PetlabError, match="is not a resnet34 state dict"):
-        create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "resnet50.pth")
-    with pytest.raises(PetlabError, match="does not exist"):
-        create_model("resnet34", num_classes=2, image_size=64, weights_path=tmp_path / "missing.pth")
-
-
-def test_the_cnn_reloads_its_own_weights_and_has_no_imagenet_ones(tmp_path: Path):
-    trained = create_model("cnn", num_classes=3, image_size=32)
-    torch.save(trained.state_dict(), tmp_path / "cnn.pth")
-    reloaded = create_model("cnn", num_classes=3, image_size=32, weights_path=tmp_path / "cnn.pth")
-    pairs = zip(trained.state_dict().values(), reloaded.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
-    with pytest.raises(PetlabError, match="not a cnn state dict"):
-        create_model("cnn", num_classes=3, image_size=64, weights_path=tmp_path / "cnn.pth")
-    with pytest.raises(PetlabError, match="no ImageNet weights"):
-        create_model("cnn", num_classes=3, image_size=32, pretrained=True)
-
-
-def test_pretrained_without_a_network_names_both_alternatives(monkeypatch: pytest.MonkeyPatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(PetlabError) as raised:
-        create_model("resnet50", num_classes=37, image_size=64, pretrained=True)
-    message = str(raised.value)
-    assert "model.weights_path=FILE" in message and "model.pretrained=false" in message and "https://" in message
-
-
-def classifier(**options) -> PetClassifier:
-    options = {"arch": "resnet34", "task": "species", "class_names": ["cat", "dog"], "image_size": 32,
-               "mean": [0.5] * 3, "std": [0.25] * 3, **options}  # fmt: skip
-    return PetClassifier(**options)
-
-
-def test_discriminative_learning_rates_grow_from_stem_to_head():
-    groups = classifier(backbone_lr_factor=0.01).parameter_groups(lr=1e-3)
-    rates = [group["lr"] for group in groups]
-    assert len(rates) == 6  # stem, layer1-4, head
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_discriminative_learning_rates_grow_from_stem_to_head_without_decay_on_norms_and_biases(backbone: str):
+    model = module(backbone, backbone_lr_factor=0.01)
+    groups = model.parameter_groups(lr=1e-3)
+    rates = sorted({group["lr"] for group in groups})
+    assert len(rates) == len(model.plain_backbone.stages) + 1  # each stage, then the head
     assert rates[0] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-3)
-    assert rates == sorted(rates)
-    assert sum(len(g["params"]) for g in groups) == len(list(classifier().net.parameters()))
+    assert [group["lr"] for group in groups] == sorted(group["lr"] for group in groups)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    exempt = [p for group in groups if group.get("weight_decay") == 0.0 for p in group["params"]]
+    assert exempt and all(p.ndim == 1 for p in exempt)  # norm weights and biases
+    assert all(p.ndim > 1 for group in groups if "weight_decay" not in group for p in group["params"])
+    assert "weight_decay" not in module(backbone, norm_bias_weight_decay=None).parameter_groups(lr=1e-3)[0]
 
 
-def test_frozen_epochs_train_only_the_head():
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_frozen_epochs_train_only_the_head(backbone: str):
     L.seed_everything(0)
-    model = classifier(freeze_epochs=1)
-    stem, head = model.net.conv1.weight.clone(), model.net.fc[0].weight.clone()
+    model = module(backbone, freeze_epochs=1)
+    backbone_before = [p.clone() for p in model.backbone.parameters()]
+    head_before = [p.clone() for p in model.head.parameters()]
     images = torch.randn(16, 3, 32, 32)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, torch.arange(16) % 2), batch_size=8)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
     trainer.fit(model, train_dataloaders=loader)
-    assert torch.equal(model.net.conv1.weight, stem)
-    assert not torch.equal(model.net.fc[0].weight, head)
+    assert all(torch.equal(a, b) for a, b in zip(model.backbone.parameters(), backbone_before, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(model.head.parameters(), head_before, strict=True))
     model.set_backbone_trainable(True)
-    assert all(p.requires_grad for p in model.net.parameters())
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_freeze_epochs_must_leave_epochs_to_fine_tune(make_cfg):
@@ -114,7 +80,7 @@ def test_the_lr_finder_saves_its_plot_and_sets_the_learning_rate(make_cfg):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_config_runs(make_cfg, experiment: str):
     cfg = make_cfg([f"experiment={experiment}", "trainer.fast_dev_run=true", "data.image_size=32",
-                    "data.batch_size=8", "model.pretrained=false"])  # fmt: skip
+                    "data.batch_size=8", "model.backbone.pretrained=false"])  # fmt: skip
     assert 0 <= train(cfg)["val/acc"] <= 1
 
 
@@ -128,7 +94,7 @@ def test_the_notebook_experiments_train_without_augmentation_on_whole_images(mak
 @pytest.mark.parametrize("scheduler", ["cosine", "none"])
 def test_optimizers_and_schedulers_from_configs(make_cfg, optimizer: str, scheduler: str):
     cfg = make_cfg(["model=cnn", f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.fast_dev_run=true",
-                    "model.label_smoothing=0.1"])  # fmt: skip
+                    "task.label_smoothing=0.1"])  # fmt: skip
     assert 0 <= train(cfg)["val/acc"] <= 1
 
 

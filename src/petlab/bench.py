@@ -32,15 +32,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 
 from petlab.cli import quiet_console
-from petlab.config import config_dir
+from petlab.config import config_dir, config_options
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path
 from petlab.data.datamodule import PetDataModule, resolve_num_workers
 from petlab.data.index import build_index
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
 from petlab.errors import PetlabError
-from petlab.module import PetClassifier, normalize_batch
+from petlab.module import PetModule, normalize_batch
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
+from petlab.tasks import Classification
 
 Batch = Callable[[torch.Tensor], torch.Tensor]
 
@@ -144,7 +145,7 @@ def default_augmentation() -> dict[str, Any]:
     return OmegaConf.to_container(training_default("data").augment)
 
 
-def end_to_end(module: PetClassifier, datamodule: PetDataModule, device: torch.device, precision: str,
+def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.device, precision: str,
                steps: int) -> float:  # fmt: skip
     """Training images per second of ``module`` fed by ``datamodule``, batch fetching included."""
     timer = _StepTimer(warmup=1)
@@ -215,17 +216,18 @@ def run_bench(
         settings = {"fp32": ("32-true", False), "default": (default, AUTO)}
         optimizer = instantiate(training_default("optimizer"))
         for name, (chosen, channels_last) in settings.items():
-            module = PetClassifier(model, "species", datamodule.class_names, image_size, datamodule.mean,
-                                   datamodule.std, channels_last=channels_last, optimizer=optimizer)  # fmt: skip
+            task = Classification("species", "species", datamodule.class_names)
+            module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean,
+                               datamodule.std, channels_last=channels_last, optimizer=optimizer)  # fmt: skip
             memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
-            net = module.net.to(device, memory_format=memory_format or torch.contiguous_format)
+            module.to(device, memory_format=memory_format or torch.contiguous_format)
             batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
             batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
             targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
             # Alternated, so that each ratio d/c compares measurements taken moments apart on a shared machine.
             compute, training = [], []
             for _ in range(repeats):
-                compute.append(compute_bound(net, batch, targets, steps, chosen, optimizer))
+                compute.append(compute_bound(module, batch, targets, steps, chosen, optimizer))
                 training.append(end_to_end(module, datamodule, device, chosen, steps))
             results[f"c_compute_{name}_img_s"] = statistics.median(compute)
             results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)
@@ -244,7 +246,7 @@ def run_bench(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("data/sample-pets"), help="a dataset in the pets layout")
-    parser.add_argument("--model", default="resnet34", choices=["cnn", "resnet34", "resnet50"])
+    parser.add_argument("--model", default="resnet34", choices=config_options("model"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=512, help="how many images to read (default 512)")

@@ -10,20 +10,28 @@ import torch
 
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, resized_side
 from petlab.errors import PetlabError, first_line
-from petlab.module import PetClassifier
+from petlab.module import PetModule
+from petlab.tasks import Task, task_from_spec
+
+FORMAT = 2  # what PetModule.on_save_checkpoint writes; 1: before backbones and tasks
 
 
 @dataclass
 class Checkpoint:
-    """A trained classifier (in eval mode) and what it needs to read new images."""
+    """A trained model (in eval mode) and what it needs to read new images."""
 
-    model: PetClassifier
+    model: PetModule
     path: Path
     data_config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def task(self) -> Task:
+        return self.model.task
+
+    @property
     def class_names(self) -> list[str]:
-        return self.model.class_names
+        """The classes of a classification task (empty for other tasks)."""
+        return list(getattr(self.task, "class_names", []))
 
     @property
     def image_size(self) -> int:
@@ -63,20 +71,59 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return content
 
 
+def upgrade_format_1(hparams: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A first-release checkpoint (one ``PetClassifier`` with flat hyperparameters and its network under
+    ``net.``) as today's module: the backbone's layers under ``backbone.body.``, the classifier as the head."""
+    arch = hparams["arch"]
+    task = {"kind": "classification", "name": hparams["task"], "target": hparams["task"],
+            "class_names": list(hparams["class_names"]), "hidden": hparams.get("hidden", 512),
+            "dropout": hparams.get("dropout", 0.5), "label_smoothing": hparams.get("label_smoothing", 0.0)}  # fmt: skip
+    kept = ("image_size", "mean", "std", "freeze_epochs", "backbone_lr_factor", "channels_last")
+    upgraded = {"backbone": {"name": arch}, "task": task, **{key: hparams[key] for key in kept if key in hparams}}
+
+    def renamed(key: str) -> str:
+        key = key.replace("net._orig_mod.", "net.")
+        if key == "val_acc_best":
+            return "monitor_best"
+        if not key.startswith("net."):
+            return key
+        first, _, rest = key.removeprefix("net.").partition(".")
+        if arch == "cnn" and first.isdigit() and int(first) > 4:  # Flatten was layer 4; the classifier follows
+            return f"head.{int(first) - 5}.{rest}"
+        if first == "fc":
+            return f"head.{rest}"
+        return f"backbone.body.{first}.{rest}"
+
+    return upgraded, {renamed(key): value for key, value in state.items()}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint written by ``python -m petlab`` as a model in eval mode (see :func:`read_checkpoint`)."""
+    """Load a checkpoint written by ``python -m petlab`` as a model in eval mode (see :func:`read_checkpoint`).
+
+    Checkpoints of petlab's first release (format 1) are upgraded as they load.
+    """
     path = Path(path).expanduser()
     content = read_checkpoint(path)
-    options = dict(content["hyper_parameters"])
+    hparams, state = dict(content["hyper_parameters"]), content["state_dict"]
+    if content["petlab"].get("format", 1) < FORMAT:
+        hparams, state = upgrade_format_1(hparams, state)
+    task = task_from_spec(hparams.pop("task"))
     # The weights come from the checkpoint: never download or read the training-time weight source again.
-    options.update(pretrained=False, weights_path=None, compile=False)
-    model = PetClassifier(**options)
-    # A network trained with model.compile=true was saved under torch.compile's wrapper.
-    model.load_state_dict(
-        {key.replace("net._orig_mod.", "net."): value for key, value in content["state_dict"].items()}
-    )
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights_path": None}
+    hparams["compile"] = False
+    try:
+        model = PetModule(task=task, **hparams)
+        # A network trained with model.compile=true was saved under torch.compile's wrapper.
+        model.load_state_dict({key.replace("backbone._orig_mod.", "backbone."): value for key, value in state.items()})
+    except (TypeError, RuntimeError) as error:
+        raise PetlabError(
+            f"ckpt_path={path} does not fit this petlab's {hparams['backbone']['name']} model "
+            f"({first_line(error)[:200]}): evaluate it with the petlab version that trained it"
+        ) from error
     model.eval()
     data_config = dict(content["petlab"].get("data") or {})
-    if "cache_margin" in data_config:  # the name of crop_margin in checkpoints of petlab's first release
-        data_config["crop_margin"] = data_config.pop("cache_margin")
+    # Names of the first release: crop_margin was cache_margin, the label column was the data's task.
+    for old, new in (("cache_margin", "crop_margin"), ("task", "target")):
+        if old in data_config:
+            data_config[new] = data_config.pop(old)
     return Checkpoint(model, path, data_config)

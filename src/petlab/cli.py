@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from petlab.errors import PetlabError
+from petlab.jobs import mark_failed
 from petlab.resume import RECORD_PREFIX
-from petlab.sweep import mark_failed
 
 log = logging.getLogger("petlab")
 Result = TypeVar("Result")

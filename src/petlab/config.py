@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from petlab.errors import PetlabError
 
@@ -25,6 +26,19 @@ def project_root() -> Path:
 def config_dir() -> Path:
     """PETLAB_CONFIG_DIR if set, else the checkout's ``conf/``."""
     return Path(os.environ.get("PETLAB_CONFIG_DIR") or CHECKOUT_DIR / "conf").resolve()
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group (``model`` -> cnn, resnet34, ...); files starting with _ are shared parts."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml") if not path.stem.startswith("_"))
+
+
+def config_groups_help() -> str:
+    """``group: option, option`` per line, for ``--help`` (Hydra's own list shows the shared _ files too)."""
+    groups = sorted(
+        path.name for path in config_dir().iterdir() if path.is_dir() and path.name not in ("hydra", "local")
+    )
+    return "\n".join(f"{group}: {', '.join(config_options(group))}" for group in groups)
 
 
 RUN_ID_VARIABLE = "PETLAB_SWEEP_RUN_ID"
@@ -45,6 +59,28 @@ def share_run_id() -> None:
     os.environ[RUN_ID_VARIABLE] = run_id()
 
 
+FIXED_KEYS_VARIABLE = "PETLAB_SWEEP_FIXED_KEYS"
+
+
+def share_fixed_keys(arguments: list[str]) -> None:
+    """Tell the jobs of a sweep (here and in launcher processes) which keys the command line sets to one
+    value for all of them: the others are what the sweep varies, which :func:`sweep_label` shows."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in arguments if not a.startswith("-")])
+    except Exception:  # Hydra reports a malformed override itself, in its own words
+        return
+    os.environ[FIXED_KEYS_VARIABLE] = json.dumps([o.key_or_group for o in overrides if not o.is_sweep_override()])
+
+
+def sweep_label(overrides: Any) -> str:
+    """A sweep job's overrides minus those every job shares, e.g. ``model=cnn,task=breed`` (folder-safe)."""
+    fixed = set(json.loads(os.environ.get(FIXED_KEYS_VARIABLE, "[]")))
+    varied = [str(item) for item in overrides if str(item).lstrip("+~").split("=", 1)[0] not in fixed]
+    return ",".join(varied).replace("/", "_")[:120]
+
+
 def existing_dir(path: str) -> str:
     """``path``, created if missing: for files opened before any job exists (Optuna's SQLite storage)."""
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -55,19 +91,14 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
+    OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
+    OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
+    OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
 
 
-def flatten(config: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; lists become strings so every value is a scalar."""
-    container = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
-    flat: dict[str, Any] = {}
-    for key, value in container.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
-        else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-    return flat
+def optuna_direction(mode: str) -> str:
+    """A task's monitor mode (max, min) as Optuna's study direction."""
+    return {"max": "maximize", "min": "minimize"}[mode]
 
 
 def whole_number(name: str, value: Any, minimum: int, maximum: int | None = None, hint: str = "") -> int:

@@ -33,20 +33,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import RichProgressBar
 
     from petlab.checkpoint import load_checkpoint
-    from petlab.interpret import write_evaluation
-    from petlab.train import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
+    from petlab.trainer import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
     L.seed_everything(cfg.seed, verbose=False)
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    model = checkpoint.model
+    model, task = checkpoint.model, checkpoint.task
     data_config = cfg.data if _overrides_data() or not checkpoint.data_config else checkpoint.data_config
     datamodule = instantiate(
-        data_config, task=model.hparams.task, image_size=checkpoint.image_size, mean=checkpoint.mean,
+        data_config, **task.data_options(), image_size=checkpoint.image_size, mean=checkpoint.mean,
         std=checkpoint.std, upsample="none", download=False, _convert_="all",
     )  # fmt: skip
     datamodule.setup("test")
-    if datamodule.class_names != checkpoint.class_names:
+    if checkpoint.class_names and datamodule.class_names != checkpoint.class_names:
         raise PetlabError(
             f"the dataset's classes {datamodule.class_names[:5]}{'...' if len(datamodule.class_names) > 5 else ''}"
             f" differ from the checkpoint's {checkpoint.class_names[:5]}"
@@ -58,14 +57,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_group(cfg, "logger")
     trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
-    probabilities, targets = model.test_predictions()
-    write_evaluation(output_dir, probabilities, targets, datamodule.datasets[cfg.split].paths,
-                     checkpoint.class_names, tensorboard_writer(trainer))  # fmt: skip
+    task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split].paths,
+                          tensorboard_writer(trainer), step=0)  # fmt: skip
     metrics = scalar_metrics(trainer)
+    images = len(next(iter(model.test_outputs.values()), []))
     metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
-                    "images": len(targets), **numerics(trainer, model)})  # fmt: skip
+                    "images": images, **numerics(trainer, model)})  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info(f"Evaluation written to {output_dir}: test/acc {metrics.get('test/acc')}")
+    monitored = task.monitor.replace("val/", "test/", 1)
+    log.info(f"Evaluation written to {output_dir}: {monitored} {metrics.get(monitored)}")
     return metrics
 
 

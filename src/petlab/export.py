@@ -1,7 +1,8 @@
 """``python -m petlab.export ckpt_path=FILE format=torchscript|onnx``: a self-contained model file.
 
 The exported network normalises its input itself, so a user feeds RGB images scaled to [0, 1] at the
-training size and gets class logits; ``<file>.json`` beside it holds the class names and input spec.
+training size and gets the task's output (class logits for classification); ``<file>.json`` beside it
+describes the input and the output (with the class names).
 """
 
 from __future__ import annotations
@@ -26,17 +27,21 @@ FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 def _normalised_network(checkpoint: Any) -> Any:
     import torch
 
-    class NormalisedClassifier(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module, mean: list[float], std: list[float]) -> None:
+    class Exported(torch.nn.Module):
+        """The backbone and the head, with the normalisation in front (float images in [0, 1] in)."""
+
+        def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module, mean: list[float], std: list[float]):
             super().__init__()
-            self.net = net
+            self.backbone, self.head = backbone, head
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.net((images - self.mean) / self.std)
+            features = self.backbone((images - self.mean) / self.std)
+            return self.head(features, self.backbone.pool(features[-1]))
 
-    return NormalisedClassifier(checkpoint.model.net, checkpoint.mean, checkpoint.std).eval()
+    model = checkpoint.model
+    return Exported(model.plain_backbone, model.head, checkpoint.mean, checkpoint.std).eval()
 
 
 def default_output(ckpt_path: Path, file_format: str) -> Path:
@@ -51,10 +56,11 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     network = _normalised_network(checkpoint)
     example = torch.rand(2, 3, checkpoint.image_size, checkpoint.image_size)
     output.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"class_names": checkpoint.class_names, "input": "float RGB in [0, 1], shape (N, 3, S, S)",
+    outputs = checkpoint.task.export_spec()
+    spec = {"task": checkpoint.task.spec(), "input": "float RGB in [0, 1], shape (N, 3, S, S)",
             "image_size": checkpoint.image_size, "mean": checkpoint.mean, "std": checkpoint.std,
             "preprocess": f"resize to {checkpoint.side}x{checkpoint.side}, centre crop {checkpoint.image_size}",
-            "output": "logits, shape (N, classes)", "checkpoint": str(checkpoint.path)}  # fmt: skip
+            **outputs, "checkpoint": str(checkpoint.path)}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":
             with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX
@@ -67,8 +73,9 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
             except ImportError as error:
                 raise PetlabError("format=onnx needs the export extra: pip install -e '.[export]'") from error
             batch = torch.export.Dim("batch", min=1)
-            program = torch.onnx.export(network, (example,), input_names=["images"], output_names=["logits"],
-                                        dynamic_shapes={"images": {0: batch}}, dynamo=True)  # fmt: skip
+            program = torch.onnx.export(network, (example,), input_names=["images"],
+                                        output_names=outputs["output_names"], dynamic_shapes={"images": {0: batch}},
+                                        dynamo=True)  # fmt: skip
             program.save(str(output))
     output.with_suffix(output.suffix + ".json").write_text(json.dumps(spec, indent=2) + "\n")
     return output
@@ -87,7 +94,7 @@ def main(cfg: DictConfig) -> None:
     if output.exists() and not cfg.overwrite:
         raise PetlabError(f"{output} already exists: choose another output=FILE or set overwrite=true")
     export(checkpoint, cfg.format, output)
-    print(f"Exported {cfg.format} model to {output} (classes and input spec in {output.name}.json)", file=sys.stderr)
+    print(f"Exported {cfg.format} model to {output} (input and output spec in {output.name}.json)", file=sys.stderr)
 
 
 if __name__ == "__main__":

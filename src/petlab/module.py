@@ -1,4 +1,4 @@
-"""The LightningModule: one image classifier for either task, with per-stage torchmetrics."""
+"""The LightningModule: a backbone plus a task's head, trained with the task's loss and metrics."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from petlab.errors import PetlabError
-from petlab.models import create_model, layer_groups, parameter_counts
+from petlab.models import Backbone, create_backbone, parameter_counts
 from petlab.precision import uses_channels_last
+from petlab.tasks import Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+STAGES = ("train", "val", "test")
+NORMALIZATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -30,33 +32,22 @@ def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     return (images - mean) / std
 
 
-class PetClassifier(L.LightningModule):
-    """Classifies images into ``class_names`` with the model ``arch`` built by :func:`create_model`.
+class PetModule(L.LightningModule):
+    """``backbone`` (``{"name", "pretrained", "weights_path"}``, see :func:`create_backbone`) with ``task``'s head.
 
-    The class names, image size and normalisation are saved as hyperparameters, so a checkpoint carries
-    everything needed to predict on new images.
+    The backbone, the task's spec, the image size and the normalisation are saved as hyperparameters, so a
+    checkpoint carries everything needed to predict on new images. Fine-tuning as fastai's ``fine_tune``:
+    the head alone for ``freeze_epochs``, then everything, with learning rates growing geometrically from
+    lr x ``backbone_lr_factor`` at the stem to lr at the head. Weight decay on normalisation layers and
+    biases is ``norm_bias_weight_decay`` (torchvision's recipes use 0; null: the optimizer's own).
     """
 
     def __init__(
-        self,
-        arch: str,
-        task: str,
-        class_names: Sequence[str],
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        hidden: int = 512,
-        dropout: float = 0.5,
-        label_smoothing: float = 0.0,
-        freeze_epochs: int = 0,
-        backbone_lr_factor: float = 1.0,
-        channels_last: bool | str = "auto",
-        compile: bool = False,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-    ) -> None:
+        self, backbone: dict[str, Any], task: Task, image_size: int, mean: Sequence[float], std: Sequence[float],
+        freeze_epochs: int = 0, backbone_lr_factor: float = 1.0, norm_bias_weight_decay: float | None = 0.0,
+        channels_last: bool | str = "auto", compile: bool = False,
+        optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         if freeze_epochs < 0 or not 0 < backbone_lr_factor <= 1:
             raise PetlabError(
@@ -64,39 +55,33 @@ class PetClassifier(L.LightningModule):
                 f"{backbone_lr_factor} in (0, 1]"
             )
         # Logged once, with the run's metrics, by the entry point (so TensorBoard's HParams tab ranks runs).
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.class_names = list(class_names)
-        self.net = create_model(
-            arch, num_classes=len(class_names), image_size=image_size, pretrained=pretrained,
-            weights_path=weights_path, hidden=hidden, dropout=dropout,
-        )  # fmt: skip
-        if compile:
-            self.net = torch.compile(self.net)
+        self.save_hyperparameters(ignore=["task", "optimizer", "scheduler"], logger=False)
+        self.hparams["task"] = task.spec()
+        self.task = task
+        network = create_backbone(image_size=image_size, **backbone)
+        self.head = task.head(network)
+        self.backbone = torch.compile(network) if compile else network
         # An input for the model summary, which then shows each layer's output size and the FLOPs.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.freeze_epochs = freeze_epochs
-        self.backbone_lr_factor = backbone_lr_factor
+        self.freeze_epochs, self.backbone_lr_factor = freeze_epochs, backbone_lr_factor
+        self.norm_bias_weight_decay = norm_bias_weight_decay
         self.channels_last = channels_last
         # The resolved data config of the training run, saved in checkpoints so that evaluation can
         # rebuild the same splits (set by the entry point).
         self.data_config: dict[str, Any] = {}
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        num_classes = len(class_names)
-        # Keyed "train_acc", not "train": a ModuleDict key may not shadow nn.Module.train.
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # Keyed "train_acc", not "train/acc": a ModuleDict key may contain neither "/" nor shadow nn.Module.train.
         self.stage_metrics = nn.ModuleDict()
-        for stage in ("train", "val", "test"):
-            self.stage_metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro")
+        for stage in STAGES:
             self.stage_metrics[f"{stage}_loss"] = MeanMetric()
-        self.test_f1_macro = MulticlassF1Score(num_classes, average="macro")
-        self.test_probabilities: list[torch.Tensor] = []
-        self.test_targets: list[torch.Tensor] = []
-        self.test_outputs: tuple[torch.Tensor, torch.Tensor] = (torch.empty(0, num_classes), torch.empty(0))
+            for name, metric in task.metrics(stage).items():
+                self.stage_metrics[f"{stage}_{name}"] = metric
+        self.kept: list[dict[str, torch.Tensor]] = []
+        self.test_outputs: dict[str, torch.Tensor] = {}
         # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
-        self.register_buffer("val_acc_best", torch.tensor(-1.0))
+        self.register_buffer("monitor_best", torch.tensor(float("-inf") if task.mode == "max" else float("inf")))
         self.register_buffer("best_epoch_buffer", torch.tensor(-1))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,20 +89,24 @@ class PetClassifier(L.LightningModule):
         return normalize_batch(images, self.mean, self.std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits of uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
-        return self.net(self.normalize(images))
+        """The task's outputs for uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
+        features = self.backbone(self.normalize(images))
+        return self.head(features, self.plain_backbone.pool(features[-1]))
+
+    @property
+    def plain_backbone(self) -> Backbone:
+        """The backbone itself, also under torch.compile's wrapper."""
+        return getattr(self.backbone, "_orig_mod", self.backbone)
 
     def parameter_counts(self) -> dict[str, int]:
-        return parameter_counts(self.net)
+        return parameter_counts(self)
 
-    def _groups(self) -> list[list[nn.Parameter]]:
-        net = getattr(self.net, "_orig_mod", self.net)  # under torch.compile
-        return layer_groups(net)
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The backbone's stages, stem first, then the head: what freezing and discriminative lrs act on."""
+        return [*self.plain_backbone.layer_groups(), list(self.head.parameters())]
 
     def set_backbone_trainable(self, trainable: bool) -> None:
-        for group in self._groups()[:-1]:
-            for parameter in group:
-                parameter.requires_grad_(trainable)
+        self.backbone.requires_grad_(trainable)
 
     def uses_channels_last(self) -> bool:
         return uses_channels_last(self.channels_last, self.device.type)
@@ -129,36 +118,40 @@ class PetClassifier(L.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def on_train_epoch_start(self) -> None:
-        # fastai's fine_tune: the head alone for freeze_epochs, then everything (with discriminative lrs).
         self.set_backbone_trainable(self.current_epoch >= self.freeze_epochs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
-        checkpoint["petlab"] = {"format": 1, "data": self.data_config}
+        checkpoint["petlab"] = {"format": 2, "data": self.data_config}
 
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its batches must not count.
-        self.stage_metrics["val_acc"].reset()
-        self.stage_metrics["val_loss"].reset()
+        for name, metric in self.stage_metrics.items():
+            if name.startswith("val_"):
+                metric.reset()
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, return_logits: bool = False) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets = batch
         if self.uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
-        # Under bf16/fp16 autocast the logits come out in low precision: the loss and metrics use fp32.
-        logits = self(images).float()
-        loss = self.criterion(logits, targets)
-        mean_loss, accuracy = self.stage_metrics[f"{stage}_loss"], self.stage_metrics[f"{stage}_acc"]
-        mean_loss(loss, weight=len(targets))
-        accuracy(logits, targets)
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        # Under bf16/fp16 autocast the outputs come out in low precision: the loss and metrics use fp32.
+        outputs = self(images).float()
+        loss = self.task.loss(outputs, targets)
+        for name, metric in self.stage_metrics.items():
+            metric_stage, _, metric_name = name.partition("_")
+            if metric_stage != stage:
+                continue
+            if metric_name == "loss":
+                metric(loss, weight=len(targets))
+            else:
+                metric(outputs, targets)
+            self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True, prog_bar=metric_name != "f1_macro")
         if stage == "train":
             self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
-        return logits if return_logits else loss
+        return loss, outputs
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -166,53 +159,63 @@ class PetClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        accuracy = self.stage_metrics["val_acc"].compute()
-        if accuracy > self.val_acc_best:
-            self.val_acc_best.fill_(accuracy)
+        value = self.stage_metrics["val_" + self.task.monitor.partition("/")[2]].compute()
+        if (value > self.monitor_best) if self.task.mode == "max" else (value < self.monitor_best):
+            self.monitor_best.fill_(value)
             self.best_epoch_buffer.fill_(self.current_epoch)
-        self.log("val/acc_best", self.val_acc_best, prog_bar=True)
+        self.log(self.task.best_metric, self.monitor_best, prog_bar=True)
 
     @property
     def best_epoch(self) -> int:
-        """The epoch (0-based) with the highest validation accuracy so far; -1 before any."""
+        """The epoch (0-based) with the best monitored metric so far; -1 before any."""
         return int(self.best_epoch_buffer)
 
     def on_test_epoch_start(self) -> None:
-        self.test_probabilities.clear()
-        self.test_targets.clear()
+        self.kept.clear()
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        targets = batch[1]
-        logits = self._step(batch, "test", return_logits=True)
-        self.test_f1_macro(logits, targets)
-        self.test_probabilities.append(logits.softmax(dim=1).detach())
-        self.test_targets.append(targets.detach())
-        self.log("test/f1_macro", self.test_f1_macro, on_step=False, on_epoch=True)
+        outputs = self._step(batch, "test")[1]
+        self.kept.append(
+            {name: value.detach() for name, value in self.task.kept_for_evaluation(outputs, batch[1]).items()}
+        )
 
     def on_test_epoch_end(self) -> None:
-        probabilities, targets = torch.cat(self.test_probabilities), torch.cat(self.test_targets)
+        names = self.kept[0].keys() if self.kept else ()
+        kept = {name: torch.cat([batch[name] for batch in self.kept]) for name in names}
         if self.trainer.world_size > 1:
             # A DistributedSampler deals image i to rank i % world_size (padding the end): gather every
             # rank's share (a collective, so every rank calls it) and interleave back into dataset order.
-            probabilities = self.all_gather(probabilities).transpose(0, 1).reshape(-1, probabilities.shape[1])
-            targets = self.all_gather(targets).transpose(0, 1).reshape(-1)
             size = len(self.trainer.test_dataloaders.dataset)
-            probabilities, targets = probabilities[:size], targets[:size]
-        self.test_outputs = (probabilities.cpu(), targets.cpu())
-
-    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities and targets of the last test run (all ranks), in the test loader's order."""
-        return self.test_outputs
+            kept = {name: self.all_gather(value).transpose(0, 1).flatten(0, 1)[:size] for name, value in kept.items()}
+        self.test_outputs = {name: value.cpu() for name, value in kept.items()}
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
-        """One optimizer group per layer group; the lr grows geometrically from lr x backbone_lr_factor at
-        the input to lr at the head (discriminative learning rates; all equal when the factor is 1)."""
-        groups = self._groups()
+        """Optimizer groups: one per layer group, with lrs growing geometrically from lr x backbone_lr_factor
+        at the stem to lr at the head (all equal when the factor is 1); each split in two when normalisation
+        layers and biases get their own weight decay."""
+        groups = self.layer_groups()
         steps = max(1, len(groups) - 1)
-        return [
-            {"params": params, "lr": lr * self.backbone_lr_factor ** ((steps - i) / steps)}
-            for i, params in enumerate(groups)
-        ]
+        no_decay = (
+            {id(p) for p in self._norm_and_bias_parameters()} if self.norm_bias_weight_decay is not None else set()
+        )
+        result = []
+        for i, params in enumerate(groups):
+            group_lr = lr * self.backbone_lr_factor ** ((steps - i) / steps)
+            decayed = [p for p in params if id(p) not in no_decay]
+            exempt = [p for p in params if id(p) in no_decay]
+            result += [{"params": decayed, "lr": group_lr}] if decayed else []
+            result += (
+                [{"params": exempt, "lr": group_lr, "weight_decay": self.norm_bias_weight_decay}] if exempt else []
+            )
+        return result
+
+    def _norm_and_bias_parameters(self) -> list[nn.Parameter]:
+        found = []
+        for module in self.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                if isinstance(module, NORMALIZATION_LAYERS) or name == "bias":
+                    found.append(parameter)
+        return found
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory or torch.optim.AdamW

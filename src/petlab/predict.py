@@ -1,4 +1,4 @@
-"""``python -m petlab.predict ckpt_path=FILE images=[a.jpg,dir/]``: top-k classes of new images.
+"""``python -m petlab.predict ckpt_path=FILE images=[a.jpg,dir/]``: a checkpoint's answers for new images.
 
 Files that are not images are reported on stderr and skipped; the others are still predicted.
 """
@@ -41,7 +41,8 @@ def image_files(entries: Sequence[str]) -> list[Path]:
 def predict_files(
     checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto"
 ) -> Iterator[dict[str, Any]]:
-    """One result per file: ``{"image", "top": [{"class", "probability"}...]}`` or ``{"image", "error"}``.
+    """One result per file: ``{"image", **the task's answer}`` (for classification ``"top": [{"class",
+    "probability"}...]``) or ``{"image", "error"}``.
 
     The model runs on the CPU with the precision and memory format training would use there.
     """
@@ -51,7 +52,6 @@ def predict_files(
     from petlab.precision import autocast, resolve_precision, uses_channels_last
 
     transform = ItemTransform(checkpoint.side, crop=checkpoint.image_size)
-    k = min(top_k, len(checkpoint.class_names))
     memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
     if memory_format is not None:
         checkpoint.model.to(memory_format=memory_format)
@@ -62,36 +62,26 @@ def predict_files(
         for position, path in enumerate(chunk):
             with contextlib.suppress(PetlabError):  # reported below, in its place among the results
                 images[position] = transform(load_rgb(path))
-        top: dict[int, list[dict[str, Any]]] = {}
+        answers: dict[int, dict[str, Any]] = {}
         if images:
             batch = torch.stack(list(images.values()))
             if memory_format is not None:
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
-                probabilities = checkpoint.model(batch).float().softmax(dim=1)
-            values, indices = probabilities.topk(k, dim=1)
-            for position, row_values, row_indices in zip(images, values.tolist(), indices.tolist(), strict=True):
-                top[position] = [{"class": checkpoint.class_names[i], "probability": round(p, 4)}
-                                 for p, i in zip(row_values, row_indices, strict=True)]  # fmt: skip
+                outputs = checkpoint.model(batch).float()
+            answers = dict(zip(images, checkpoint.task.predictions(outputs, top_k), strict=True))
         for position, path in enumerate(chunk):
-            if position in top:
-                yield {"image": str(path), "top": top[position]}
+            if position in answers:
+                yield {"image": str(path), **answers[position]}
             else:
                 yield {"image": str(path), "error": "not a readable image: skipped"}
 
 
-def print_table(results: Sequence[dict[str, Any]]) -> None:
+def print_table(task: Any, results: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    headers = ("image", "prediction", "probability", "then")
-    rows = []
-    for result in results:
-        if "error" in result:
-            continue
-        best, *rest = result["top"]
-        others = ", ".join(f"{t['class']} {t['probability']:.2f}" for t in rest)
-        rows.append((result["image"], best["class"], f"{best['probability']:.3f}", others))
+    headers, rows = task.prediction_table([result for result in results if "error" not in result])
     table = Table(*headers)
     for row in rows:
         table.add_row(*row)
@@ -128,7 +118,7 @@ def main(cfg: DictConfig) -> None:
         given = ", ".join(entries)
         raise PetlabError(f"none of the {len(files)} files in {given} is a readable image: nothing to predict")
     if cfg.output == "table":
-        print_table(results)
+        print_table(checkpoint.task, results)
 
 
 if __name__ == "__main__":

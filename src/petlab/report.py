@@ -1,9 +1,10 @@
 """``python -m petlab.report SWEEP_DIR [more dirs]``: one table comparing runs, as text, CSV, Markdown, PNG.
 
 A run is any directory holding ``.hydra/config.yaml``: a single run, a job of a multirun, a fold of a
-cross-validation. Columns are the overrides that vary between runs, the metrics, best epoch, run time,
-parameter count and status (completed, failed, incomplete). Runs that differ only in ``seed`` or
-``data.fold`` are replicates: the summary gives their mean and standard deviation.
+cross-validation. Columns are the overrides that vary between runs, the validation and test metrics, best
+epoch, run time, parameter count and status (completed, failed, incomplete). Runs that differ only in
+``seed`` or ``data.fold`` are replicates: the summary gives their mean and standard deviation. Runs are
+ranked by the best value of their task's monitored metric (``val/acc_best`` for classification).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +23,19 @@ from matplotlib.figure import Figure
 from petlab.data.report import markdown_table
 from petlab.errors import PetlabError
 from petlab.files import write_text_atomic
-from petlab.sweep import JOB_STATUS
+from petlab.jobs import read_run_file as _read
+from petlab.jobs import run_status
 
 log = logging.getLogger(__name__)
 
-METRICS = ["val/acc_best", "val/acc", "test/acc", "test/f1_macro", "best_epoch", "seconds", "params_total"]
+RUN_FIGURES = ["best_epoch", "seconds", "params_total"]  # besides the val/ and test/ metrics
 REPLICATE_KEYS = ("seed", "data.fold")
 IGNORED_OVERRIDES = ("hydra.", "paths.", "ckpt_path")
+DEFAULT_METRIC = "val/acc_best"  # for runs written before metrics.json named the monitored metric
 
 
-def _read(path: Path, parse: Callable[[str], Any]) -> Any:
-    """The parsed content of a run file; ValueError says which file is unreadable (truncated, not UTF-8, ...)."""
-    try:
-        return parse(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise ValueError(f"{path.name} is unreadable ({type(error).__name__})") from error
-
-
-def _status(run: Path) -> tuple[str, str]:
-    if (run / "metrics.json").is_file():
-        return "completed", ""
-    marker = run / JOB_STATUS
-    if marker.is_file():
-        status = _read(marker, json.loads)
-        return status.get("status", "failed"), status.get("error", "")
-    return "incomplete", ""
+def is_metric(column: str) -> bool:
+    return column.startswith(("val/", "test/")) or column in RUN_FIGURES
 
 
 def _overrides(run: Path) -> dict[str, str]:
@@ -57,7 +46,7 @@ def _overrides(run: Path) -> dict[str, str]:
 
 
 def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, Any]:
-    status, error = _status(run)
+    status, error = run_status(run)
     metrics = {}
     if status == "completed":
         try:
@@ -65,10 +54,13 @@ def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, 
         except ValueError as problem:
             log.warning(f"{run}: {problem}; listed as unreadable")
             status, error = "unreadable", str(problem)
+    model = composed["model"]
     return {
         "run": str(run.relative_to(directory.parent)), "status": status, "error": error,
-        "task": (composed.get("task") or {}).get("name", ""), "model": composed["model"].get("arch", ""),
-        "overrides": _overrides(run), **{name: metrics.get(name) for name in METRICS},
+        "task": (composed.get("task") or {}).get("name", ""),
+        "model": (model.get("backbone") or {}).get("name") or model.get("arch", ""),  # arch: first-release runs
+        "monitor": metrics.get("monitor", "val/acc") + "_best" if metrics else None,
+        "overrides": _overrides(run), **{name: value for name, value in metrics.items() if is_metric(name)},
     }  # fmt: skip
 
 
@@ -96,7 +88,8 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
         raise PetlabError(
             f"no petlab runs (directories with .hydra/config.yaml) under {', '.join(map(str, directories))}"
         )
-    columns = ["run", "status", "error", "task", "model", "overrides", *METRICS]
+    metrics = sorted({name for row in rows for name in row if is_metric(name) and name not in RUN_FIGURES})
+    columns = ["run", "status", "error", "task", "model", "monitor", "overrides", *metrics, *RUN_FIGURES]
     frame = pd.DataFrame(rows, columns=columns).astype({"best_epoch": "Int64", "params_total": "Int64"})
     overrides = pd.DataFrame(list(frame.pop("overrides")), index=frame.index).fillna("")
     # task=/model= choices are already the task and model columns.
@@ -106,11 +99,20 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
                      axis=1)  # fmt: skip
 
 
+def monitored_metric(runs: pd.DataFrame) -> str:
+    """The metric the runs' tasks monitor (its best value), which ranks them unless --metric says otherwise."""
+    monitored = sorted(set(runs["monitor"].dropna()))
+    if len(monitored) > 1:
+        raise PetlabError(f"these runs monitor different metrics ({', '.join(monitored)}): choose one with --metric")
+    return monitored[0] if monitored else DEFAULT_METRIC
+
+
 def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled)."""
-    keys = [c for c in runs.columns if c not in (*METRICS, "run", "status", "error", *REPLICATE_KEYS)]
+    ignored = ("run", "status", "error", "monitor", *REPLICATE_KEYS)
+    keys = [c for c in runs.columns if not is_metric(c) and c not in ignored]
     done = runs[runs["status"] == "completed"]
-    if done.empty:
+    if done.empty or metric not in done.columns:
         return pd.DataFrame(columns=[*keys, "runs", f"{metric} mean", f"{metric} std"])
     grouped = done.groupby(keys, dropna=False)[metric]
     table = grouped.agg(["count", "mean", "std"]).reset_index()
@@ -134,6 +136,7 @@ def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFr
     """Write report.csv (every run), report.md (summary and runs) and report.png; return the summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs, metric)
+    runs = runs.drop(columns=["monitor"])
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
     markdown = ["## Summary", overview, "## Runs", markdown_table(runs.set_index("run"))]
@@ -146,23 +149,29 @@ def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFr
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.report", description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", help="sweep or run directories (e.g. outputs/multiruns/ID)")
-    parser.add_argument("--metric", default="val/acc_best", help="the metric to rank and chart (default val/acc_best)")
+    parser.add_argument(
+        "--metric",
+        help="the metric to rank and chart (default: the best value of the runs' "
+        "monitored metric, val/acc_best for classification)",
+    )
     parser.add_argument("--output", type=Path, help="where to write report.csv/md/png (default: the first directory)")
     args = parser.parse_args(argv)
     try:
-        if args.metric not in METRICS:
-            raise PetlabError(f"unknown --metric {args.metric}: choose one of {', '.join(METRICS)}")
         runs = collect_runs(args.directories)
+        metric = args.metric or monitored_metric(runs)
+        known = [column for column in runs.columns if is_metric(column)]
+        if metric not in known:
+            raise PetlabError(f"unknown --metric {metric}: these runs have {', '.join(known)}")
         tasks = sorted(set(runs["task"]) - {""})
         if len(tasks) > 1:
             print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
         output = args.output or Path(args.directories[0])
-        summary = write_report(runs, output, args.metric)
+        summary = write_report(runs, output, metric)
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(runs.drop(columns=["error"]).to_string(index=False))
-        print(f"\nBy configuration ({args.metric}):")
+        print(runs.drop(columns=["error", "monitor"]).to_string(index=False))
+        print(f"\nBy configuration ({metric}):")
         print(summary.to_string(index=False))
     counts = runs["status"].value_counts().to_dict()
     print(f"\n{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); report in {output}/report.*")

@@ -152,10 +152,12 @@ def resume_arguments(argv: list[str]) -> list[str]:
     return arguments
 
 
-# What a checkpoint fixes: hyperparameters of the module, and data settings that decide the images of
-# each split (a resume on another split would validate on training images).
-FIXED_MODEL = {"arch": "model.arch", "task": "task.name", "class_names": "the classes", "image_size": "data.image_size",
-               "hidden": "model.hidden", "mean": "the normalisation mean", "std": "the normalisation std"}  # fmt: skip
+# What a checkpoint fixes: hyperparameters of the module (paths into its nested hparams), and data
+# settings that decide the images of each split (a resume on another split would validate on training images).
+FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "name"): "task.name",
+               ("task", "class_names"): "the classes", ("task", "hidden"): "task.hidden",
+               ("image_size",): "data.image_size", ("mean",): "the normalisation mean",
+               ("std",): "the normalisation std"}  # fmt: skip
 FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin")
 
 
@@ -166,6 +168,14 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _lookup(settings: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(settings, dict) or key not in settings:
+            return None
+        settings = settings[key]
+    return settings
+
+
 def check_resume(checkpoint: dict[str, Any], hparams: dict[str, Any], data: dict[str, Any], path: Path) -> None:
     """Refuse to resume ``checkpoint`` with a module (``hparams``) or data config that differs where it matters.
 
@@ -174,8 +184,9 @@ def check_resume(checkpoint: dict[str, Any], hparams: dict[str, Any], data: dict
     saved_hparams = checkpoint.get("hyper_parameters", {})
     saved_data = (checkpoint.get("petlab") or {}).get("data") or {}
     differences = [
-        (label, saved_hparams[key], hparams[key]) for key, label in FIXED_MODEL.items()
-        if key in saved_hparams and key in hparams and saved_hparams[key] != hparams[key]
+        (label, saved, given) for path, label in FIXED_MODEL.items()
+        if (saved := _lookup(saved_hparams, path)) is not None and (given := _lookup(hparams, path)) is not None
+        and saved != given
     ] + [
         (f"data.{key}", saved_data[key], data[key]) for key in FIXED_DATA
         if key in saved_data and key in data and saved_data[key] != data[key]

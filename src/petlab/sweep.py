@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from petlab.jobs import mark_failed
+
 log = logging.getLogger(__name__)
-JOB_STATUS = "job_status.json"  # in a job's directory; petlab.report reads it
-
-
-def mark_failed(output_dir: Path, error: str) -> None:
-    """Record in a job's directory that it failed, and why: the sweep report lists it."""
-    (output_dir / JOB_STATUS).write_text(json.dumps({"status": "failed", "error": error}) + "\n")
 
 
 class SweepSummary(Callback):
@@ -27,8 +22,8 @@ class SweepSummary(Callback):
     summary is rebuilt after every job: it is always there and says which jobs failed.
     """
 
-    def __init__(self, metric: str = "val/acc_best") -> None:
-        self.metric = metric
+    def __init__(self, metric: str | None = None) -> None:
+        self.metric = metric  # None: what the runs' task monitors (see petlab.report.monitored_metric)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         output_dir = Path(config.hydra.runtime.output_dir)
@@ -43,9 +38,10 @@ class SweepSummary(Callback):
 
     def _summarise(self, sweep_dir: Path) -> None:
         from petlab.errors import PetlabError
-        from petlab.report import collect_runs, write_report
+        from petlab.report import collect_runs, monitored_metric, write_report
 
         try:
-            write_report(collect_runs([sweep_dir]), sweep_dir, self.metric)
+            runs = collect_runs([sweep_dir])
+            write_report(runs, sweep_dir, self.metric or monitored_metric(runs))
         except PetlabError as error:  # e.g. the first job failed before writing its config
             log.warning(f"sweep summary not written: {error}")

@@ -12,72 +12,54 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petlab.checkpoint import read_checkpoint
-from petlab.config import flatten, whole_number
+from petlab.config import whole_number
 from petlab.data.datamodule import PetDataModule
-from petlab.errors import PetlabError, first_line
-from petlab.interpret import write_evaluation
-from petlab.module import PetClassifier
-from petlab.precision import AUTO, cpu_bf16_features, resolve_precision, uses_channels_last
+from petlab.errors import PetlabError
+from petlab.module import PetModule
 from petlab.resume import check_resume
+from petlab.tasks import Task
+from petlab.trainer import (
+    build_group,
+    build_trainer,
+    describe_numerics,
+    numerics,
+    scalar_metrics,
+    tensorboard_writer,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 
-def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
-    return {
-        name: round(float(value), 6)
-        for name, value in trainer.callback_metrics.items()
-        if isinstance(value, torch.Tensor) and value.numel() == 1
-    }
-
-
-def build_object(config: DictConfig, key: str, **arguments: Any) -> Any:
-    """Instantiate a library object (trainer, callback, logger); a value it refuses is a one-line error."""
-    try:
-        return instantiate(config, **arguments)
-    except InstantiationException as error:
-        reason = first_line(error.__cause__ or error)
-        raise PetlabError(f"{key} cannot be built from the config ({reason}): check the {key}.* values") from error
-
-
-def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetClassifier, L.Trainer]:
-    """Instantiate the data module (set up, so the classes are known), the module and the trainer."""
+def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetModule, L.Trainer]:
+    """Instantiate the data module (set up, so the classes are known), the task, the module and the trainer."""
     datamodule: PetDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model: PetClassifier = instantiate(
+    task: Task = instantiate(cfg.task, class_names=datamodule.class_names, _convert_="all")
+    backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+    if resuming:  # a resumed run's weights come from its checkpoint: no download, no weights file
+        backbone.update(pretrained=False, weights_path=None)
+    model: PetModule = instantiate(
         cfg.model,
-        class_names=datamodule.class_names,
+        backbone=backbone,
+        task=task,
         mean=list(datamodule.mean),
         std=list(datamodule.std),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        # A resumed run's weights come from its checkpoint: no download, no weights file.
-        **({"pretrained": False, "weights_path": None} if resuming else {}),
         _convert_="all",
     )
     callbacks, loggers = build_group(cfg, "callbacks"), build_group(cfg, "logger")
     return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-
-def build_group(cfg: DictConfig, group: str) -> list[Any]:
-    """The objects of a config group such as callbacks or logger; an entry set to null is switched off."""
-    entries = (cfg.get(group) or {}).items()
-    return [build_object(entry, f"{group}.{name}") for name, entry in entries if entry is not None]
-
-
-def build_trainer(config: DictConfig, **arguments: Any) -> L.Trainer:
-    """The Lightning Trainer of ``config``, with ``precision: auto`` resolved for the device it runs on."""
-    precision = resolve_precision(config.get("precision", AUTO), config.get("accelerator", AUTO))
-    return build_object(config, "trainer", precision=precision, **arguments)
 
 
 # Keys that Lightning or the module would only trip over mid-run, with their smallest valid value.
@@ -115,9 +97,15 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     settings = {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
     # What the config alone decides is compared now, before the data is indexed and cached; the classes
     # and normalisation once the data module knows them.
+    if content["petlab"].get("format", 1) < 2:
+        raise PetlabError(
+            f"ckpt_path={cfg.ckpt_path} was written by an earlier petlab, before backbones and tasks: it can be "
+            "evaluated, predicted with and exported, but not resumed; start a new run without ckpt_path"
+        )
     model = OmegaConf.to_container(cfg.model, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    check_resume(settings, {**model, "task": cfg.task.name, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    check_resume(settings, {**model, "task": task, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
     return settings
 
 
@@ -134,7 +122,7 @@ def check_optimizer(cfg: DictConfig) -> None:
 
 
 def find_learning_rate(
-    cfg: DictConfig, model: PetClassifier, datamodule: PetDataModule, trainer: L.Trainer
+    cfg: DictConfig, model: PetModule, datamodule: PetDataModule, trainer: L.Trainer
 ) -> float | None:
     """Run Lightning's LR range test, save its plot in the run directory, optionally adopt its suggestion."""
     finder = Tuner(trainer).lr_find(
@@ -173,8 +161,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule.report.log_to(experiment)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
-    log.info(f"{cfg.model.arch}: {params['total']:,} parameters ({params['trainable']:,} trainable); "
-             f"{describe_numerics(trainer, model)}")  # fmt: skip
+    log.info(f"{cfg.model.backbone.name} with the {cfg.task.name} head: {params['total']:,} parameters "
+             f"({params['trainable']:,} trainable); {describe_numerics(trainer, model)}")  # fmt: skip
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -185,13 +173,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
         if trainer.is_global_zero:
-            probabilities, targets = model.test_predictions()
-            write_evaluation(
-                output_dir, probabilities, targets, datamodule.datasets["test"].paths,
-                model.class_names, tensorboard_writer(trainer), step=trainer.global_step,
-            )  # fmt: skip
+            model.task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets["test"].paths,
+                                        tensorboard_writer(trainer), step=trainer.global_step)  # fmt: skip
     metrics.update({
-        "task": cfg.task.name, "model": cfg.model.arch, "seed": cfg.get("seed"),
+        "task": cfg.task.name, "model": cfg.model.backbone.name, "seed": cfg.get("seed"),
+        "monitor": model.task.monitor, "monitor_mode": model.task.mode,
         "best_epoch": model.best_epoch, "epochs": trainer.current_epoch,
         "params_total": params["total"], "params_trainable": params["trainable"],
         **numerics(trainer, model),
@@ -202,41 +188,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Learning rates and the last batch's loss say nothing about the result.
     metrics = {k: v for k, v in metrics.items() if not k.startswith("lr-") and k != "train/batch_loss"}
     if trainer.is_global_zero:
-        log_hparams(trainer, cfg, metrics)
+        log_hparams(trainer, metrics, cfg, model.task)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(f"Run directory: {output_dir}  (metrics.json, checkpoints/, tensorboard/)")
     return metrics
 
 
-def numerics(trainer: L.Trainer, model: PetClassifier) -> dict[str, str]:
-    """Which precision and memory format the training device runs (``auto`` resolved)."""
-    device = trainer.strategy.root_device.type
-    channels_last = uses_channels_last(model.channels_last, device)
-    return {"precision": str(trainer.precision), "memory_format": "channels_last" if channels_last else "contiguous"}
+# The hyperparameters a person compares between runs, by config key: TensorBoard's HParams tab shows these
+# (and whatever else the command line or a sweep set), not every _target_ and path of the config.
+HPARAMS = ("task.name", "model.backbone.name", "model.backbone.pretrained", "optimizer._target_", "optimizer.lr",
+           "optimizer.weight_decay", "scheduler._target_", "data.batch_size", "data.image_size",
+           "trainer.max_epochs", "data.augment", "data.upsample", "seed")  # fmt: skip
 
 
-def describe_numerics(trainer: L.Trainer, model: PetClassifier) -> str:
-    """The precision and memory format, and for a CPU what decided them, for the run log."""
-    chosen = numerics(trainer, model)
-    text = f"precision {chosen['precision']}, {chosen['memory_format']}"
-    if trainer.strategy.root_device.type != "cpu":
-        return text
-    features = cpu_bf16_features()
-    return text + (f" (CPU with {' and '.join(features)})" if features else " (CPU without bfloat16 instructions)")
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The values of HPARAMS and of every key set on the command line (a sweep's varied keys among them)."""
+    keys = list(HPARAMS)
+    if HydraConfig.initialized():
+        overridden = (item.lstrip("+~").split("=", 1)[0] for item in HydraConfig.get().overrides.task)
+        keys += [key for key in overridden if not key.startswith(("hydra.", "paths.")) and key not in keys]
+    values = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+        if key.endswith("._target_") and isinstance(value, str):
+            key, value = key.removesuffix("._target_"), value.rsplit(".", 1)[-1]
+        values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return values
 
 
-def tensorboard_writer(trainer: L.Trainer) -> Any | None:
-    """The SummaryWriter of the run's TensorBoard logger, if it has one."""
-    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
-HPARAM_METRICS = {"val/acc_best": "hp/val_acc", "test/acc": "hp/test_acc", "test/f1_macro": "hp/test_f1_macro"}
-
-
-def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Log the flattened config once, with the metrics to compare, so TensorBoard's HParams tab ranks runs."""
-    values = {hp: metrics[name] for name, hp in HPARAM_METRICS.items() if name in metrics}
-    params = {**flatten(cfg), "params/total": metrics["params_total"]}
+def log_hparams(trainer: L.Trainer, metrics: dict[str, Any], cfg: DictConfig, task: Task) -> None:
+    """Log the compared hyperparameters once, with the task's best monitored metric and the test metrics,
+    so that TensorBoard's HParams tab ranks runs."""
+    names = [task.best_metric, *(name for name in metrics if name.startswith("test/"))]
+    values = {f"hp/{name}": metrics[name] for name in names if name in metrics}
+    params = {**hparams_of(cfg), "params/total": metrics["params_total"]}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics=values)

@@ -35,7 +35,7 @@ from petlab.errors import PetlabError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("species", "breed")
+LABELS = ("species", "breed")  # the label columns of the pets layout
 NORMALIZATIONS = ("imagenet", "dataset")
 
 
@@ -83,7 +83,7 @@ def split_folder_note(root: Path) -> str:
 
 
 class PetDataModule(L.LightningDataModule):
-    """Indexes the dataset, labels it for ``task``, splits, balances, normalises and serves loaders.
+    """Indexes the dataset, labels it by ``target``, splits, balances, normalises and serves loaders.
 
     ``layout="pets"`` reads the Oxford-IIIT Pet layout and labels images from their file names;
     ``layout="folder"`` reads ``root/[train|val|test/]CLASS/*.jpg`` and labels images by their folder.
@@ -92,7 +92,7 @@ class PetDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
-        task: str = "species",
+        target: str = "species",
         layout: str = "pets",
         image_size: int = 128,
         batch_size: int = 32,
@@ -115,7 +115,7 @@ class PetDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.task = _choice("task", task, TASKS)
+        self.target = _choice("task.target", target, LABELS)
         self.layout = _choice("data.layout", layout, ("pets", "folder"))
         self.upsample = _choice("data.upsample", upsample, UPSAMPLING)
         self.normalize = _choice("data.normalize", normalize, NORMALIZATIONS)
@@ -163,7 +163,7 @@ class PetDataModule(L.LightningDataModule):
         if frame.empty:
             raise PetlabError(f"no readable images in {self.root}")
         if self.layout == "pets":
-            frame["label"] = frame[self.task]
+            frame["label"] = frame[self.target]
         self.class_names = sorted(frame["label"].unique())
         if len(self.class_names) < 2:
             raise PetlabError(f"{self.root} has only one class ({self.class_names[0]}); a classifier needs two")

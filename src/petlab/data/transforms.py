@@ -51,7 +51,7 @@ class ItemTransform:
     images (with the default 15% margin, the usual 0.87 crop ratio). Without, the whole resized image is
     kept for :class:`~petlab.data.augment.BatchAugmentation` to crop randomly, a batch at a time, on the
     training device. Images stay uint8 until they are batched: the model normalises whole batches (see
-    ``PetClassifier.forward``), which is cheaper than per item and moves 4x fewer bytes between processes.
+    ``PetModule.forward``), which is cheaper than per item and moves 4x fewer bytes between processes.
     Plain slicing rather than torchvision transforms: per item, their bookkeeping costs more than the work.
     """
 

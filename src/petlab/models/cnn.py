@@ -1,13 +1,15 @@
-"""The hand-made CNN of the user's notebook: four conv blocks, then a two-layer classifier."""
+"""The hand-made CNN of the user's notebook: four conv blocks (its four stages), flattened for the head."""
 
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from pathlib import Path
 
 from torch import nn
 
 from petlab.errors import PetlabError
+from petlab.models.backbone import Backbone
 from petlab.models.weights import load_state_dict_file
 
 WIDTHS = (64, 128, 256, 512)
@@ -22,34 +24,19 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-def build_cnn(
-    num_classes: int,
-    image_size: int,
-    hidden: int = 512,
-    dropout: float = 0.5,
-    pretrained: bool = False,
-    weights_path: str | Path | None = None,
-) -> nn.Sequential:
-    """Conv-BN-ReLU-MaxPool x4, Flatten, Linear(hidden), ReLU, Dropout, Linear(classes).
+def build_cnn(image_size: int, pretrained: bool = False, weights_path: str | Path | None = None) -> Backbone:
+    """Conv-BN-ReLU-MaxPool x4, then Flatten: the notebook's network up to its classifier.
 
-    The flattened size is computed from ``image_size`` (each block halves the side), which keeps the
-    notebook's design exactly at 128 px (512 x 8 x 8 features) and makes it work at any size >= 16 px.
-    There are no ImageNet weights for it; ``weights_path`` loads a state dict of this same network.
+    The flattened size follows ``image_size`` (each block halves the side): 512 x 8 x 8 at 128 px, as in
+    the notebook. There are no ImageNet weights for it; ``weights_path`` loads a state dict of these
+    blocks (keys ``0.*`` to ``3.*``; other keys, such as a classifier's, are ignored).
     """
     if pretrained:
-        raise PetlabError("model=cnn has no ImageNet weights: set model.pretrained=false")
-    side = image_size // 2 ** len(WIDTHS)
-    if side < 1:
-        raise PetlabError(f"model=cnn needs data.image_size >= {2 ** len(WIDTHS)}, got {image_size}")
+        raise PetlabError("model=cnn has no ImageNet weights: set model.backbone.pretrained=false")
     channels = (3, *WIDTHS)
-    model = nn.Sequential(
-        *(_block(c_in, c_out) for c_in, c_out in itertools.pairwise(channels)),
-        nn.Flatten(),
-        nn.Linear(WIDTHS[-1] * side * side, hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),
-    )
+    blocks = OrderedDict((str(i), _block(c_in, c_out)) for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)))
     if weights_path:
-        load_state_dict_file(model, weights_path, "cnn")
-    return model
+        load_state_dict_file(
+            nn.Sequential(blocks), weights_path, "cnn", ignore=lambda key: key.split(".")[0] not in blocks
+        )
+    return Backbone("cnn", blocks, nn.Flatten(), image_size)

@@ -1,0 +1,88 @@
+"""What a task is to petlab: the one interface that every kind of target implements.
+
+A task says which target it reads for an image, builds its head on a backbone, computes its loss and
+per-stage torchmetrics, names the metric to monitor, writes its evaluation files, and describes its
+predictions and its exported output. The LightningModule, the entry points and the configs only talk to
+this interface, so a new task is one module in ``petlab/tasks/`` and one config in ``conf/task/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from petlab.errors import PetlabError
+from petlab.models import Backbone
+
+MODES = ("max", "min")
+
+
+class Task(ABC):
+    """A kind of target. ``name`` is the configuration's name (``species``); ``monitor`` the validation
+    metric that selects checkpoints, stops early and ranks sweeps, better when higher (``mode=max``) or
+    lower (``min``)."""
+
+    kind: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]  # what metrics() returns for validation, besides "loss"
+
+    def __init__(self, name: str, monitor: str, mode: str) -> None:
+        stage, _, metric = monitor.partition("/")
+        if stage != "val" or metric not in (*self.metric_names, "loss"):
+            valid = ", ".join(f"val/{name}" for name in (*self.metric_names, "loss"))
+            raise PetlabError(f"task.monitor={monitor} is not a metric of task={name}: choose {valid}")
+        if mode not in MODES:
+            raise PetlabError(f"task.mode={mode} must be max or min")
+        self.name, self.monitor, self.mode = name, monitor, mode
+
+    @property
+    def best_metric(self) -> str:
+        """The best monitored value so far (``val/acc_best``): what sweeps optimise and reports rank."""
+        return f"{self.monitor}_best"
+
+    def spec(self) -> dict[str, Any]:
+        """Plain values that rebuild this task (saved in checkpoints): see :func:`petlab.tasks.task_from_spec`."""
+        return {"kind": self.kind, "name": self.name, "monitor": self.monitor, "mode": self.mode}
+
+    def data_options(self) -> dict[str, Any]:
+        """What the data module must be given to read this task's targets (see ``conf/data``)."""
+        return {}
+
+    @abstractmethod
+    def head(self, backbone: Backbone) -> nn.Module:
+        """The task's layers on ``backbone``; called as ``head(feature_maps, pooled)``."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of fp32 ``outputs`` against ``targets``."""
+
+    @abstractmethod
+    def metrics(self, stage: str) -> dict[str, Metric]:
+        """Fresh torchmetrics for ``stage`` (train, val, test), keyed by name, updated with (outputs, targets)."""
+
+    @abstractmethod
+    def kept_for_evaluation(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What of a test batch the evaluation files need, per image along dimension 0."""
+
+    @abstractmethod
+    def write_evaluation(
+        self, output_dir: Path, kept: dict[str, torch.Tensor], paths: Sequence[str], experiment: Any | None, step: int
+    ) -> None:  # fmt: skip
+        """Write the evaluation files (and figures to a TensorBoard writer) from the kept test outputs."""
+
+    @abstractmethod
+    def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """One JSON-ready answer per image of a batch of fp32 outputs."""
+
+    @abstractmethod
+    def prediction_table(self, results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        """Headers and rows of the table ``petlab.predict`` prints for ``results`` (with their ``image``)."""
+
+    @abstractmethod
+    def export_spec(self) -> dict[str, Any]:
+        """What an exported model outputs, for its JSON sidecar (``output`` describes the tensor)."""
