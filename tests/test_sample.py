@@ -1,5 +1,7 @@
 from pathlib import Path
+from xml.etree import ElementTree
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -46,3 +48,22 @@ def test_an_existing_directory_is_never_overwritten(tmp_path: Path, capsys: pyte
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pets-")]  # no staging left behind
+
+
+def test_every_image_has_a_release_style_trimap_and_trainval_images_a_head_box(sample_root: Path):
+    annotations = sample_root / "annotations"
+    names = sorted(p.stem for p in (sample_root / "images").iterdir())
+    assert sorted(p.stem for p in (annotations / "trimaps").iterdir()) == names
+    trimap = Image.open(annotations / "trimaps" / "Bengal_1.png")
+    assert trimap.mode == "L" and trimap.size == Image.open(sample_root / "images" / "Bengal_1.jpg").size
+    values, counts = np.unique(np.asarray(trimap), return_counts=True)
+    assert values.tolist() == [1, 2, 3] and counts.min() > 0
+    trainval = [line.split()[0] for line in (annotations / "trainval.txt").read_text().split("\n") if line]
+    assert sorted(p.stem for p in (annotations / "xmls").iterdir()) == sorted(trainval)
+    root = ElementTree.parse(annotations / "xmls" / "Bengal_1.xml").getroot()
+    box = {tag: int(root.find(f"object/bndbox/{tag}").text) for tag in ("xmin", "ymin", "xmax", "ymax")}
+    assert root.find("object/name").text == "cat" and root.find("size/width").text == "32"
+    # The box is the pet's extent in the trimap: the pet (1) and its band (3) fill it, nothing outside.
+    pet = np.argwhere(np.asarray(trimap) == 1)
+    assert box["xmin"] - 1 <= pet[:, 1].min() and pet[:, 1].max() <= box["xmax"] - 1
+    assert box["ymin"] - 1 <= pet[:, 0].min() and pet[:, 0].max() <= box["ymax"] - 1

@@ -4,6 +4,9 @@ Every image is a drawn "pet": its species decides the head shape (pointed ears f
 muzzle for dogs) and its breed decides the fur colour and texture, on a cluttered background, at a random
 position and scale. That gives a model a real, learnable signal while staying cheap to make and to train on.
 Each image depends only on (seed, breed, number), so the dataset is identical wherever it is generated.
+As in the release, every image has a trimap (``annotations/trimaps/NAME.png``: 1 pet, 2 background, 3 the
+uncertain band around the pet) and the trainval images have a head box (``annotations/xmls/NAME.xml``,
+Pascal VOC): the generator knows exactly where it drew the pet, whose drawing is all head.
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ def _texture_mask(size: int, texture: str, angle: float, rng: np.random.Generato
     return mask
 
 
-def draw_pet(breed: str, number: int, size: int, seed: int) -> Image.Image:
-    """Draw image ``number`` of ``breed``: a deterministic function of its arguments."""
+def draw_pet(breed: str, number: int, size: int, seed: int) -> tuple[Image.Image, Image.Image]:
+    """Draw image ``number`` of ``breed``: a deterministic function of its arguments. Returns the image and
+    the pet's silhouette (mode L, 255 on the pet)."""
     rng = np.random.default_rng([seed, ALL_BREEDS.index(breed), number])
     fur, texture, angle = breed_look(breed)
     background = _to_rgb255(rng.uniform(0.2, 0.9, 3), rng, 0.0)
@@ -127,7 +131,31 @@ def draw_pet(breed: str, number: int, size: int, seed: int) -> Image.Image:
         draw.ellipse([cx - nose, cy + radius * 0.45, cx + nose, cy + radius * 0.45 + nose * 1.4], fill=(15, 10, 10))
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.6)))
     pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), pet
+
+
+def trimap(silhouette: Image.Image) -> Image.Image:
+    """The release's trimap of a silhouette: 1 pet, 2 background, 3 a band of about size/32 px each side of
+    the outline (the blurred edge, which the release leaves uncertain too)."""
+    width = 2 * max(1, silhouette.width // 32) + 1
+    inside = np.asarray(silhouette.filter(ImageFilter.MinFilter(width))) > 0
+    reach = np.asarray(silhouette.filter(ImageFilter.MaxFilter(width))) > 0
+    labels = np.full(inside.shape, 2, dtype=np.uint8)
+    labels[reach] = 3
+    labels[inside] = 1
+    return Image.fromarray(labels, mode="L")
+
+
+def head_box_xml(name: str, breed: str, silhouette: Image.Image) -> str:
+    """The release's Pascal VOC annotation of the head box: the silhouette's bounding box, 1-based pixels."""
+    left, top, right, bottom = silhouette.getbbox()
+    return (
+        f"<annotation><folder>OXIIIT</folder><filename>{name}.jpg</filename>"
+        f"<size><width>{silhouette.width}</width><height>{silhouette.height}</height><depth>3</depth></size>"
+        f"<segmented>0</segmented><object><name>{species_of(breed)}</name><pose>Frontal</pose>"
+        f"<truncated>0</truncated><occluded>0</occluded><bndbox><xmin>{left + 1}</xmin><ymin>{top + 1}</ymin>"
+        f"<xmax>{right}</xmax><ymax>{bottom}</ymax></bndbox><difficult>0</difficult></object></annotation>\n"
+    )
 
 
 def generate_sample(root: Path, per_breed: int = 40, size: int = 64, seed: int = 0) -> Path:
@@ -144,16 +172,22 @@ def generate_sample(root: Path, per_breed: int = 40, size: int = 64, seed: int =
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        (staging / "images").mkdir()
-        (staging / "annotations").mkdir()
+        for folder in ("images", "annotations", "annotations/trimaps", "annotations/xmls"):
+            (staging / folder).mkdir()
         rows, trainval, test = [], [], []
         jobs = [(breed, n) for breed in ALL_BREEDS for n in range(1, per_breed + 1)]
         for breed, n in track(jobs, description=f"Drawing {len(jobs)} sample images"):
             name = f"{breed}_{n}"
-            draw_pet(breed, n, size, seed).save(staging / "images" / f"{name}.jpg", quality=92)
+            image, silhouette = draw_pet(breed, n, size, seed)
+            image.save(staging / "images" / f"{name}.jpg", quality=92)
+            trimap(silhouette).save(staging / "annotations" / "trimaps" / f"{name}.png")
             row = f"{name} {class_id(breed)} {species_id(breed)} {breed_id(breed)}"
             rows.append(row)
-            (trainval if n % 2 else test).append(row)  # the release splits each breed about in half
+            if n % 2:  # the release splits each breed about in half, with head boxes for trainval only
+                trainval.append(row)
+                (staging / "annotations" / "xmls" / f"{name}.xml").write_text(head_box_xml(name, breed, silhouette))
+            else:
+                test.append(row)
         (staging / "annotations" / "list.txt").write_text(LIST_HEADER + "\n".join(rows) + "\n")
         (staging / "annotations" / "trainval.txt").write_text("\n".join(trainval) + "\n")
         (staging / "annotations" / "test.txt").write_text("\n".join(test) + "\n")
