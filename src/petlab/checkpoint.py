@@ -10,10 +10,8 @@ import torch
 
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, resized_side
 from petlab.errors import PetlabError, first_line
-from petlab.module import PetModule
+from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.tasks import Task, task_from_spec
-
-FORMAT = 2  # what PetModule.on_save_checkpoint writes; 1: before backbones and tasks
 
 
 @dataclass
@@ -105,7 +103,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path).expanduser()
     content = read_checkpoint(path)
     hparams, state = dict(content["hyper_parameters"]), content["state_dict"]
-    if content["petlab"].get("format", 1) < FORMAT:
+    if content["petlab"].get("format", 1) < CHECKPOINT_FORMAT:
         hparams, state = upgrade_format_1(hparams, state)
     task = task_from_spec(hparams.pop("task"))
     # The weights come from the checkpoint: never download or read the training-time weight source again.

@@ -18,6 +18,7 @@ from petlab.tasks import Task
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STAGES = ("train", "val", "test")
+CHECKPOINT_FORMAT = 2  # 1: petlab's first release, one classifier before backbones and tasks
 NORMALIZATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -122,7 +123,7 @@ class PetModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
-        checkpoint["petlab"] = {"format": 2, "data": self.data_config}
+        checkpoint["petlab"] = {"format": CHECKPOINT_FORMAT, "data": self.data_config}
 
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its batches must not count.

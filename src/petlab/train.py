@@ -24,7 +24,7 @@ from petlab.checkpoint import read_checkpoint
 from petlab.config import whole_number
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
-from petlab.module import PetModule
+from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.resume import check_resume
 from petlab.tasks import Task
 from petlab.trainer import (
@@ -97,7 +97,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     settings = {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
     # What the config alone decides is compared now, before the data is indexed and cached; the classes
     # and normalisation once the data module knows them.
-    if content["petlab"].get("format", 1) < 2:
+    if content["petlab"].get("format", 1) < CHECKPOINT_FORMAT:
         raise PetlabError(
             f"ckpt_path={cfg.ckpt_path} was written by an earlier petlab, before backbones and tasks: it can be "
             "evaluated, predicted with and exported, but not resumed; start a new run without ckpt_path"
