@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from petlab.cli import user_error
 from petlab.errors import PetlabError
@@ -59,7 +60,7 @@ def test_a_two_job_multirun_gets_two_directories(tmp_path: Path, sample_root: Pa
     sweeps = list((tmp_path / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0_task=species", "1_task=breed"]
+    assert [p.name for p in jobs] == ["0_task-species", "1_task-breed"]
     tasks = set()
     for job in jobs:
         metrics = json.loads((job / "metrics.json").read_text())
@@ -67,6 +68,10 @@ def test_a_two_job_multirun_gets_two_directories(tmp_path: Path, sample_root: Pa
         assert (job / ".hydra" / "config.yaml").is_file()
         assert list((job / "tensorboard").glob("events.out.tfevents.*"))
         assert (job / "checkpoints" / "last.ckpt").is_file()
+        # The HParams tab shows a config group chosen on the command line by its option's name.
+        events = EventAccumulator(str(job / "tensorboard")).Reload()
+        session = events.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode(errors="ignore")
+        assert metrics["task"] in session and "_target_" not in session and "ckpt_path" not in session
     assert tasks == {"species", "breed"}
 
 

@@ -226,6 +226,11 @@ def test_first_release_checkpoints_evaluate_predict_export_and_refuse_to_resume(
         train(make_cfg(["task=breed", f"model={arch}", f"ckpt_path={path}"]))
     message = str(user_error(raised.value))
     assert "written by an earlier petlab" in message and "not resumed" in message and "\n" not in message
+    content = torch.load(path, weights_only=True)
+    content["petlab"]["format"] = 99
+    torch.save(content, tmp_path / "future.ckpt")
+    with pytest.raises(PetlabError, match=r"written by a newer petlab \(checkpoint format 99"):
+        load_checkpoint(tmp_path / "future.ckpt")
     if arch == "cnn":  # evaluate on the data config it carries, as written by the first release
         evaluated = petlab("petlab.evaluate", f"ckpt_path={path}", cwd=tmp_path)
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]

@@ -40,6 +40,28 @@ def test_every_backbone_gives_stage_maps_and_pooled_features_at_its_smallest_siz
         create_backbone(name, image_size=size - 1)
 
 
+# torchvision families beyond the configured ones that the README lists as working without a config change.
+TESTED_FAMILIES = ["resnext50_32x4d", "efficientnet_v2_s", "mobilenet_v2", "regnet_y_400mf", "shufflenet_v2_x0_5",
+                   "mnasnet0_5"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TESTED_FAMILIES)
+def test_other_torchvision_cnns_are_split_into_stages_that_compute_the_network(name: str):
+    backbone = create_backbone(name, image_size=64)  # the split is checked against the network when built
+    assert [stage.stride for stage in backbone.stages][-1] == 32 and len(backbone.layer_groups()) >= 4
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("densenet121", "its forward does more than run its layers"), ("vit_b_16", "no avgpool/fc/classifier/head"),
+     ("swin_t", r"not \(N, C, H, W\) feature maps"), ("alexnet", "mat1 and mat2"),
+     ("squeezenet1_0", "no final Linear")],
+)  # fmt: skip
+def test_networks_that_cannot_be_cut_into_stages_are_refused_by_name(name: str, reason: str):
+    with pytest.raises(PetlabError, match=f"model.backbone.name={name} cannot be a backbone: .*{reason}"):
+        create_backbone(name, image_size=64)
+
+
 def test_a_resnet_is_cut_into_its_stem_and_four_stages():
     backbone = create_backbone("resnet34", image_size=64)
     assert [(stage.channels, stage.stride) for stage in backbone.stages] == [

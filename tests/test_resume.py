@@ -110,6 +110,14 @@ def test_resuming_with_other_model_or_data_settings_names_each_difference():
     message = str(raised.value)
     assert "model.backbone.name was cnn, now resnet34" in message and "the classes was [cat, dog]" in message
     assert "data.seed was 1, now 2" in message and "dropout" not in message and "\n" not in message
+    saved = {**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "norm_bias_weight_decay": None,
+                                                "task": {**task, "monitor": "val/acc", "mode": "max"}}}  # fmt: skip
+    changed = {**same, "norm_bias_weight_decay": 0.0, "task": {**task, "monitor": "val/loss", "mode": "min"}}
+    with pytest.raises(PetlabError) as raised:
+        check_resume(saved, changed, {}, Path("x.ckpt"))
+    message = str(raised.value)  # an unset setting (null) differs from any value
+    assert "task.monitor was val/acc, now val/loss" in message and "task.mode was max, now min" in message
+    assert "model.norm_bias_weight_decay was None, now 0.0" in message
 
 
 def test_the_one_cycle_schedule_resumes_exactly_or_stretched_to_more_steps():

@@ -63,7 +63,7 @@ def test_every_image_has_a_release_style_trimap_and_trainval_images_a_head_box(s
     root = ElementTree.parse(annotations / "xmls" / "Bengal_1.xml").getroot()
     box = {tag: int(root.find(f"object/bndbox/{tag}").text) for tag in ("xmin", "ymin", "xmax", "ymax")}
     assert root.find("object/name").text == "cat" and root.find("size/width").text == "32"
-    # The box is the pet's extent in the trimap: the pet (1) and its band (3) fill it, nothing outside.
+    # Every pet pixel (1) of the trimap lies inside the box (1-based, inclusive corners).
     pet = np.argwhere(np.asarray(trimap) == 1)
     assert box["xmin"] - 1 <= pet[:, 1].min() and pet[:, 1].max() <= box["xmax"] - 1
     assert box["ymin"] - 1 <= pet[:, 0].min() and pet[:, 0].max() <= box["ymax"] - 1

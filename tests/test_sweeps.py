@@ -39,14 +39,27 @@ def sweep_dir(project: Path) -> Path:
     return directory
 
 
+def test_sweep_labels_are_safe_folder_names_and_hydra_values(monkeypatch):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from petlab.config import share_fixed_keys, sweep_label
+
+    monkeypatch.delenv("PETLAB_SWEEP_FIXED_KEYS", raising=False)
+    share_fixed_keys(["model=cnn", "task=species,breed", "data.root=/x", "+trainer.x=[1,2]"])
+    label = sweep_label(["model=cnn", "task=breed", "data.root=/x", "+data.augment.scale=[0.5,1.0]", "seed=1"])
+    assert label == "task-breed+data.augment.scale-0.5-1.0+seed-1"
+    override = OverridesParser.create().parse_override(f"ckpt_path=/runs/3_{label}/checkpoints/last.ckpt")
+    assert override.value() == f"/runs/3_{label}/checkpoints/last.ckpt"
+
+
 @pytest.mark.slow
 def test_a_four_job_k_fold_sweep_and_its_report(project: Path):
     result = run(project, "-m", "task=species,breed", "data.folds=2", "data.fold=0,1", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = sweep_dir(project)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [  # named by what the sweep varies
-        "0_task=species,data.fold=0", "1_task=species,data.fold=1",
-        "2_task=breed,data.fold=0", "3_task=breed,data.fold=1",
+        "0_task-species+data.fold-0", "1_task-species+data.fold-1",
+        "2_task-breed+data.fold-0", "3_task-breed+data.fold-1",
     ]  # fmt: skip
     assert (sweep / "report.md").is_file() and (sweep / "report.png").is_file()  # written by the sweep itself
 
@@ -83,9 +96,28 @@ def test_the_report_says_what_is_wrong_with_its_input(tmp_path: Path):
     runs = collect_runs([tmp_path / "sweep"])
     assert list(runs["status"]) == ["incomplete"]
     assert summarise(runs, "val/acc_best").empty
+    nothing_done = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")],
+                                  capture_output=True, text=True)  # fmt: skip
+    assert nothing_done.returncode == 0 and "1 runs (1 incomplete)" in nothing_done.stdout, nothing_done.stderr
     result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "missing")], capture_output=True,
                             text=True)  # fmt: skip
     assert result.returncode == 2 and "is not a directory" in result.stderr
+
+
+def test_runs_are_ranked_in_the_direction_their_task_monitors(tmp_path: Path):
+    for job, loss in enumerate((0.3, 0.1, 0.2)):
+        run = tmp_path / "sweep" / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"task": {"name": "species"}, "model": {"backbone": {"name": "cnn"}}})
+        )
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr={job}"]))
+        (run / "metrics.json").write_text(json.dumps(
+            {"monitor": "val/loss", "monitor_mode": "min", "val/loss_best": loss, "val/acc_best": 1 - loss}
+        ))  # fmt: skip
+    runs = collect_runs([tmp_path / "sweep"])
+    assert list(summarise(runs, "val/loss_best")["optimizer.lr"]) == ["1", "2", "0"]  # lowest loss first
+    assert list(summarise(runs, "val/acc_best")["optimizer.lr"]) == ["1", "2", "0"]  # highest accuracy first
 
 
 def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others_reported(tmp_path: Path):

@@ -33,7 +33,7 @@ def test_discriminative_learning_rates_grow_from_stem_to_head_without_decay_on_n
     model = module(backbone, backbone_lr_factor=0.01)
     groups = model.parameter_groups(lr=1e-3)
     rates = sorted({group["lr"] for group in groups})
-    assert len(rates) == len(model.plain_backbone.stages) + 1  # each stage, then the head
+    assert len(rates) == len(model.backbone.stages) + 1  # each stage, then the head
     assert rates[0] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-3)
     assert [group["lr"] for group in groups] == sorted(group["lr"] for group in groups)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

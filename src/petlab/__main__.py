@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from petlab.cli import exit_if_jobs_failed, user_facing
 from petlab.config import config_dir, register_resolvers, share_fixed_keys, share_run_id
 from petlab.errors import PetlabError
-from petlab.resume import resume_arguments
+from petlab.resume import overrides_of, resume_arguments
 
 register_resolvers()
 
@@ -32,7 +32,7 @@ def main() -> None:
         sys.exit(2)
     if {"-m", "--multirun"} & set(sys.argv[1:]) or any(a.startswith("hparams_search=") for a in sys.argv[1:]):
         share_run_id()
-        share_fixed_keys(sys.argv[1:])
+        share_fixed_keys(overrides_of(sys.argv[1:]))
     train_job()
     exit_if_jobs_failed()
 

@@ -82,15 +82,15 @@ def images_per_second(loader: DataLoader, on_batch: Batch | None = None, warm_up
 
 
 def compute_bound(
-    model: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, steps: int, precision: str = "32-true",
-    optimizer_factory: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
+    model: PetModule, batch: torch.Tensor, targets: torch.Tensor, steps: int, precision: str = "32-true"
 ) -> float:  # fmt: skip
     """Training steps on one batch already in memory: the most the data pipeline can let the model do.
 
     ``model`` and ``batch`` come in the memory format to measure; ``precision`` sets autocast as Lightning's
-    plugin does, with the loss in fp32 as in training; the optimizer is the one training uses.
+    plugin does, with the loss in fp32 as in training; the optimizer (and its parameter groups) are the
+    module's own, as in training.
     """
-    optimizer = optimizer_factory(params=model.parameters())
+    optimizer = model.configure_optimizers()["optimizer"]
     model.train()
 
     def step() -> None:
@@ -227,7 +227,7 @@ def run_bench(
             # Alternated, so that each ratio d/c compares measurements taken moments apart on a shared machine.
             compute, training = [], []
             for _ in range(repeats):
-                compute.append(compute_bound(module, batch, targets, steps, chosen, optimizer))
+                compute.append(compute_bound(module, batch, targets, steps, chosen))
                 training.append(end_to_end(module, datamodule, device, chosen, steps))
             results[f"c_compute_{name}_img_s"] = statistics.median(compute)
             results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)

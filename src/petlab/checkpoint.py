@@ -103,20 +103,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path).expanduser()
     content = read_checkpoint(path)
     hparams, state = dict(content["hyper_parameters"]), content["state_dict"]
-    if content["petlab"].get("format", 1) < CHECKPOINT_FORMAT:
-        hparams, state = upgrade_format_1(hparams, state)
-    task = task_from_spec(hparams.pop("task"))
-    # The weights come from the checkpoint: never download or read the training-time weight source again.
-    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights_path": None}
-    hparams["compile"] = False
-    try:
-        model = PetModule(task=task, **hparams)
-        # A network trained with model.compile=true was saved under torch.compile's wrapper.
-        model.load_state_dict({key.replace("backbone._orig_mod.", "backbone."): value for key, value in state.items()})
-    except (TypeError, RuntimeError) as error:
+    checkpoint_format = content["petlab"].get("format", 1)
+    if checkpoint_format > CHECKPOINT_FORMAT:
         raise PetlabError(
-            f"ckpt_path={path} does not fit this petlab's {hparams['backbone']['name']} model "
-            f"({first_line(error)[:200]}): evaluate it with the petlab version that trained it"
+            f"ckpt_path={path} was written by a newer petlab (checkpoint format {checkpoint_format}, this one "
+            f"reads up to {CHECKPOINT_FORMAT}): update petlab to use it"
+        )
+    try:
+        if checkpoint_format < CHECKPOINT_FORMAT:
+            hparams, state = upgrade_format_1(hparams, state)
+        task = task_from_spec(hparams.pop("task"))
+        # The weights come from the checkpoint: never download or read the training-time weight source again.
+        hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights_path": None}
+        hparams["compile"] = False
+        model = PetModule(task=task, **hparams)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise PetlabError(
+            f"ckpt_path={path} does not fit this petlab's models ({first_line(error)[:200]}): evaluate it with "
+            "the petlab version that trained it"
         ) from error
     model.eval()
     data_config = dict(content["petlab"].get("data") or {})

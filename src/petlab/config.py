@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -59,26 +60,35 @@ def share_run_id() -> None:
     os.environ[RUN_ID_VARIABLE] = run_id()
 
 
+# Overrides that say where a run reads and writes or how Hydra runs it, not how the model is trained:
+# left out of the hyperparameters and of the report's columns.
+NOT_HYPERPARAMETERS = ("hydra.", "paths.", "ckpt_path")
+
 FIXED_KEYS_VARIABLE = "PETLAB_SWEEP_FIXED_KEYS"
 
 
-def share_fixed_keys(arguments: list[str]) -> None:
-    """Tell the jobs of a sweep (here and in launcher processes) which keys the command line sets to one
-    value for all of them: the others are what the sweep varies, which :func:`sweep_label` shows."""
+def share_fixed_keys(overrides: list[str]) -> None:
+    """Tell the jobs of a sweep (here and in launcher processes) which keys the command line's ``overrides``
+    set to one value for all of them: the others are what the sweep varies, which :func:`sweep_label` shows."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in arguments if not a.startswith("-")])
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # Hydra reports a malformed override itself, in its own words
         return
-    os.environ[FIXED_KEYS_VARIABLE] = json.dumps([o.key_or_group for o in overrides if not o.is_sweep_override()])
+    os.environ[FIXED_KEYS_VARIABLE] = json.dumps([o.key_or_group for o in parsed if not o.is_sweep_override()])
 
 
 def sweep_label(overrides: Any) -> str:
-    """A sweep job's overrides minus those every job shares, e.g. ``model=cnn,task=breed`` (folder-safe)."""
+    """A sweep job's overrides minus those every job shares, e.g. ``task-breed+model-cnn``.
+
+    Safe as a folder name and inside a Hydra override (``ckpt_path=.../3_task-breed+model-cnn/...``):
+    ``=``, ``,``, brackets, quotes and path separators would each break one or the other.
+    """
     fixed = set(json.loads(os.environ.get(FIXED_KEYS_VARIABLE, "[]")))
-    varied = [str(item) for item in overrides if str(item).lstrip("+~").split("=", 1)[0] not in fixed]
-    return ",".join(varied).replace("/", "_")[:120]
+    varied = [str(item).lstrip("+~") for item in overrides]
+    varied = [item for item in varied if item.split("=", 1)[0] not in fixed]
+    return "+".join(re.sub(r"[^A-Za-z0-9._-]+", "-", item).strip("-") for item in varied)[:120]
 
 
 def existing_dir(path: str) -> str:
@@ -92,12 +102,20 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
     OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
+    OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)
     OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
     OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
 
 
+def monitor_mode(monitor: str) -> str:
+    """Whether a monitored metric is better higher (``max``) or lower (``min``, a loss): task.mode's default."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
 def optuna_direction(mode: str) -> str:
     """A task's monitor mode (max, min) as Optuna's study direction."""
+    if mode not in ("max", "min"):
+        raise PetlabError(f"task.mode={mode} must be max or min")
     return {"max": "maximize", "min": "minimize"}[mode]
 
 

@@ -41,7 +41,7 @@ def _normalised_network(checkpoint: Any) -> Any:
             return self.head(features, self.backbone.pool(features[-1]))
 
     model = checkpoint.model
-    return Exported(model.plain_backbone, model.head, checkpoint.mean, checkpoint.std).eval()
+    return Exported(model.backbone, model.head, checkpoint.mean, checkpoint.std).eval()
 
 
 def default_output(ckpt_path: Path, file_format: str) -> Path:

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from petlab.errors import PetlabError
-from petlab.models import Backbone, create_backbone, parameter_counts
+from petlab.models import create_backbone, parameter_counts
 from petlab.precision import uses_channels_last
 from petlab.tasks import Task
 
@@ -59,9 +59,11 @@ class PetModule(L.LightningModule):
         self.save_hyperparameters(ignore=["task", "optimizer", "scheduler"], logger=False)
         self.hparams["task"] = task.spec()
         self.task = task
-        network = create_backbone(image_size=image_size, **backbone)
-        self.head = task.head(network)
-        self.backbone = torch.compile(network) if compile else network
+        self.backbone = create_backbone(image_size=image_size, **backbone)
+        self.head = task.head(self.backbone)
+        if compile:
+            # In place: the module stays a Backbone, and its parameter names (and checkpoints) do not change.
+            self.backbone.compile()
         # An input for the model summary, which then shows each layer's output size and the FLOPs.
         self.example_input_array = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -92,19 +94,14 @@ class PetModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The task's outputs for uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
         features = self.backbone(self.normalize(images))
-        return self.head(features, self.plain_backbone.pool(features[-1]))
-
-    @property
-    def plain_backbone(self) -> Backbone:
-        """The backbone itself, also under torch.compile's wrapper."""
-        return getattr(self.backbone, "_orig_mod", self.backbone)
+        return self.head(features, self.backbone.pool(features[-1]))
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """The backbone's stages, stem first, then the head: what freezing and discriminative lrs act on."""
-        return [*self.plain_backbone.layer_groups(), list(self.head.parameters())]
+        return [*self.backbone.layer_groups(), list(self.head.parameters())]
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         self.backbone.requires_grad_(trainable)
@@ -146,7 +143,8 @@ class PetModule(L.LightningModule):
                 metric(loss, weight=len(targets))
             else:
                 metric(outputs, targets)
-            self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True, prog_bar=metric_name != "f1_macro")
+            shown = metric_name == "loss" or metric_name in self.task.metric_names  # test-only extras: files only
+            self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True, prog_bar=shown)
         if stage == "train":
             self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
         return loss, outputs

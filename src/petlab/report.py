@@ -4,7 +4,8 @@ A run is any directory holding ``.hydra/config.yaml``: a single run, a job of a 
 cross-validation. Columns are the overrides that vary between runs, the validation and test metrics, best
 epoch, run time, parameter count and status (completed, failed, incomplete). Runs that differ only in
 ``seed`` or ``data.fold`` are replicates: the summary gives their mean and standard deviation. Runs are
-ranked by the best value of their task's monitored metric (``val/acc_best`` for classification).
+ranked by the best value of their task's monitored metric (``val/acc_best`` for classification), in the
+task's direction (highest first, or lowest first for a metric the task minimises, such as a loss).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
+from petlab.config import NOT_HYPERPARAMETERS
 from petlab.data.report import markdown_table
 from petlab.errors import PetlabError
 from petlab.files import write_text_atomic
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 
 RUN_FIGURES = ["best_epoch", "seconds", "params_total"]  # besides the val/ and test/ metrics
 REPLICATE_KEYS = ("seed", "data.fold")
-IGNORED_OVERRIDES = ("hydra.", "paths.", "ckpt_path")
 DEFAULT_METRIC = "val/acc_best"  # for runs written before metrics.json named the monitored metric
 
 
@@ -42,7 +43,7 @@ def _overrides(run: Path) -> dict[str, str]:
     path = run / ".hydra" / "overrides.yaml"
     items = _read(path, yaml.safe_load) if path.is_file() else []
     pairs = (item.lstrip("+~").split("=", 1) for item in items or [] if "=" in item)
-    return {key: value for key, value in pairs if not key.startswith(IGNORED_OVERRIDES)}
+    return {key: value for key, value in pairs if not key.startswith(NOT_HYPERPARAMETERS)}
 
 
 def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +61,7 @@ def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, 
         "task": (composed.get("task") or {}).get("name", ""),
         "model": (model.get("backbone") or {}).get("name") or model.get("arch", ""),  # arch: first-release runs
         "monitor": metrics.get("monitor", "val/acc") + "_best" if metrics else None,
+        "monitor_mode": metrics.get("monitor_mode", "max") if metrics else None,
         "overrides": _overrides(run), **{name: value for name, value in metrics.items() if is_metric(name)},
     }  # fmt: skip
 
@@ -89,7 +91,8 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
             f"no petlab runs (directories with .hydra/config.yaml) under {', '.join(map(str, directories))}"
         )
     metrics = sorted({name for row in rows for name in row if is_metric(name) and name not in RUN_FIGURES})
-    columns = ["run", "status", "error", "task", "model", "monitor", "overrides", *metrics, *RUN_FIGURES]
+    columns = ["run", "status", "error", "task", "model", "monitor", "monitor_mode", "overrides", *metrics,
+               *RUN_FIGURES]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns).astype({"best_epoch": "Int64", "params_total": "Int64"})
     overrides = pd.DataFrame(list(frame.pop("overrides")), index=frame.index).fillna("")
     # task=/model= choices are already the task and model columns.
@@ -107,9 +110,20 @@ def monitored_metric(runs: pd.DataFrame) -> str:
     return monitored[0] if monitored else DEFAULT_METRIC
 
 
+LOWER_IS_BETTER = ("loss", "seconds", "params_")
+
+
+def lower_is_better(runs: pd.DataFrame, metric: str) -> bool:
+    """Whether ``metric`` ranks lowest first: the task's mode for the metric it monitors, else by its name."""
+    modes = set(runs.loc[runs["monitor"] == metric, "monitor_mode"].dropna())
+    if modes:
+        return modes == {"min"}
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
 def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled)."""
-    ignored = ("run", "status", "error", "monitor", *REPLICATE_KEYS)
+    """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled), best first."""
+    ignored = ("run", "status", "error", "monitor", "monitor_mode", *REPLICATE_KEYS)
     keys = [c for c in runs.columns if not is_metric(c) and c not in ignored]
     done = runs[runs["status"] == "completed"]
     if done.empty or metric not in done.columns:
@@ -117,10 +131,11 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     grouped = done.groupby(keys, dropna=False)[metric]
     table = grouped.agg(["count", "mean", "std"]).reset_index()
     table.columns = [*keys, "runs", f"{metric} mean", f"{metric} std"]
-    return table.sort_values(f"{metric} mean", ascending=False).round(4)
+    return table.sort_values(f"{metric} mean", ascending=lower_is_better(runs, metric)).round(4)
 
 
 def chart(summary: pd.DataFrame, metric: str) -> Figure:
+    """Bars of the summary, best configuration on top."""
     keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
     labels = [" ".join(f"{v}" for v in row) for row in summary[keys].itertuples(index=False)]
     figure = Figure(figsize=(8, max(2.5, 0.45 * len(summary) + 1.2)))
@@ -136,7 +151,7 @@ def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFr
     """Write report.csv (every run), report.md (summary and runs) and report.png; return the summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs, metric)
-    runs = runs.drop(columns=["monitor"])
+    runs = runs.drop(columns=["monitor", "monitor_mode"])
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
     markdown = ["## Summary", overview, "## Runs", markdown_table(runs.set_index("run"))]
@@ -160,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = collect_runs(args.directories)
         metric = args.metric or monitored_metric(runs)
         known = [column for column in runs.columns if is_metric(column)]
-        if metric not in known:
+        if args.metric and (runs["status"] == "completed").any() and metric not in known:
             raise PetlabError(f"unknown --metric {metric}: these runs have {', '.join(known)}")
         tasks = sorted(set(runs["task"]) - {""})
         if len(tasks) > 1:
@@ -170,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(runs.drop(columns=["error", "monitor"]).to_string(index=False))
+        print(runs.drop(columns=["error", "monitor", "monitor_mode"]).to_string(index=False))
         print(f"\nBy configuration ({metric}):")
         print(summary.to_string(index=False))
     counts = runs["status"].value_counts().to_dict()

@@ -156,8 +156,11 @@ def resume_arguments(argv: list[str]) -> list[str]:
 # settings that decide the images of each split (a resume on another split would validate on training images).
 FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "name"): "task.name",
                ("task", "class_names"): "the classes", ("task", "hidden"): "task.hidden",
+               ("task", "monitor"): "task.monitor", ("task", "mode"): "task.mode",
                ("image_size",): "data.image_size", ("mean",): "the normalisation mean",
-               ("std",): "the normalisation std"}  # fmt: skip
+               ("std",): "the normalisation std",
+               ("norm_bias_weight_decay",): "model.norm_bias_weight_decay"}  # fmt: skip
+ABSENT = object()  # a setting the checkpoint (an older one) or the config does not have: not compared
 FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin")
 
 
@@ -171,7 +174,7 @@ def _shown(value: Any) -> str:
 def _lookup(settings: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(settings, dict) or key not in settings:
-            return None
+            return ABSENT
         settings = settings[key]
     return settings
 
@@ -185,7 +188,7 @@ def check_resume(checkpoint: dict[str, Any], hparams: dict[str, Any], data: dict
     saved_data = (checkpoint.get("petlab") or {}).get("data") or {}
     differences = [
         (label, saved, given) for path, label in FIXED_MODEL.items()
-        if (saved := _lookup(saved_hparams, path)) is not None and (given := _lookup(hparams, path)) is not None
+        if (saved := _lookup(saved_hparams, path)) is not ABSENT and (given := _lookup(hparams, path)) is not ABSENT
         and saved != given
     ] + [
         (f"data.{key}", saved_data[key], data[key]) for key in FIXED_DATA

@@ -21,9 +21,10 @@ from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petlab.checkpoint import read_checkpoint
-from petlab.config import whole_number
+from petlab.cli import user_error
+from petlab.config import NOT_HYPERPARAMETERS, whole_number
 from petlab.data.datamodule import PetDataModule
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, first_line
 from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.resume import check_resume
 from petlab.tasks import Task
@@ -84,6 +85,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
             f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
         )
     check_optimizer(cfg)
+    check_task(cfg)
     if not cfg.get("ckpt_path"):
         return None
     if cfg.ckpt_path == "last":
@@ -119,6 +121,17 @@ def check_optimizer(cfg: DictConfig) -> None:
         settings = ", ".join(f"{group}.{key}={value}" for group in ("optimizer", "scheduler")
                              for key, value in (cfg.get(group) or {}).items() if not key.startswith("_"))  # fmt: skip
         raise PetlabError(f"the optimizer or scheduler refuses {settings}: {error}") from error
+
+
+def check_task(cfg: DictConfig) -> None:
+    """Build the task with stand-in classes: it checks its settings (monitor, mode, dropout ...) on creation."""
+    try:
+        instantiate(cfg.task, class_names=["a", "b"], _convert_="all")
+    except InstantiationException as error:
+        raise user_error(error) or PetlabError(
+            f"task={cfg.task.get('name')} does not take these settings ({first_line(error.__cause__ or error)}): "
+            "see conf/task for its keys"
+        ) from error
 
 
 def find_learning_rate(
@@ -202,15 +215,19 @@ HPARAMS = ("task.name", "model.backbone.name", "model.backbone.pretrained", "opt
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The values of HPARAMS and of every key set on the command line (a sweep's varied keys among them)."""
-    keys = list(HPARAMS)
+    """The values of HPARAMS and of every key set on the command line (a sweep's varied keys among them);
+    a config group chosen on the command line (``model=cnn``) by the option's name."""
+    keys, choices = list(HPARAMS), {}
     if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
         overridden = (item.lstrip("+~").split("=", 1)[0] for item in HydraConfig.get().overrides.task)
-        keys += [key for key in overridden if not key.startswith(("hydra.", "paths.")) and key not in keys]
+        keys += [key for key in overridden if not key.startswith(NOT_HYPERPARAMETERS) and key not in keys]
     values = {}
     for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
         value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+        if value is None:  # unset: nothing to compare
+            continue
         if key.endswith("._target_") and isinstance(value, str):
             key, value = key.removesuffix("._target_"), value.rsplit(".", 1)[-1]
         values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)

@@ -17,6 +17,7 @@ from torch import nn
 
 from petlab.errors import PetlabError
 
+SUPPORTED = "use a configured model (conf/model) or a torchvision CNN family the README lists as tested"
 PROBE_SIZE = 128  # the side of the probe image that measures strides: every stage of a stride-32 net keeps 4 px
 
 
@@ -38,8 +39,11 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, layers: OrderedDict[str, nn.Module], pool: nn.Module, image_size: int) -> None:
         super().__init__()
-        with torch.no_grad(), _eval_mode(*layers.values()):
-            layers, shapes = _expand_by_resolution(layers)
+        try:
+            with torch.no_grad(), eval_mode(*layers.values()):
+                layers, shapes = _expand_by_resolution(layers)
+        except PROBE_FAILURES as error:
+            raise _unusable(name, error) from error
         self.name = name
         self.body = nn.Sequential(layers)
         self.pool = pool
@@ -49,8 +53,11 @@ class Backbone(nn.Module):
         self.min_image_size = max(stage.stride for stage in self.stages)
         if image_size < self.min_image_size:
             raise PetlabError(f"model={name} needs data.image_size >= {self.min_image_size}, got {image_size}")
-        with torch.no_grad(), _eval_mode(self):
-            self.num_features = int(self.pooled(torch.zeros(1, 3, image_size, image_size)).shape[1])
+        try:
+            with torch.no_grad(), eval_mode(self):
+                self.num_features = int(self.pooled(torch.zeros(1, 3, image_size, image_size)).shape[1])
+        except PROBE_FAILURES as error:
+            raise _unusable(name, error) from error
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The feature map of every stage, from the highest resolution to the lowest."""
@@ -75,8 +82,17 @@ class Backbone(nn.Module):
         return [group for group in groups if group]
 
 
-class _eval_mode:
-    """Modules in eval mode for a shape probe (batch-norm statistics stay as they are), then as they were."""
+# How a network whose layers do not run one after the other (or do not give feature maps) fails a probe.
+PROBE_FAILURES = (PetlabError, RuntimeError, ValueError, TypeError, NotImplementedError)
+
+
+def _unusable(name: str, error: BaseException) -> PetlabError:
+    reason = str(error).splitlines()[0][:160]
+    return PetlabError(f"model.backbone.name={name} cannot be a backbone: {reason}; {SUPPORTED}")
+
+
+class eval_mode:
+    """Modules in eval mode for a probe (batch-norm statistics stay as they are), then as they were."""
 
     def __init__(self, *modules: nn.Module) -> None:
         self.modules = modules
@@ -113,6 +129,10 @@ def _expand_by_resolution(
                     images = expand(children, images)
                     continue
             images = layer(images)
+            if images.ndim != 4 or images.shape[-2] != images.shape[-1]:
+                raise PetlabError(
+                    f"layer {name} gives {tuple(images.shape)} for a square image, not (N, C, H, W) feature maps"
+                )
             expanded[name] = layer
             shapes.append((int(images.shape[1]), round(PROBE_SIZE / images.shape[-1])))
         return images

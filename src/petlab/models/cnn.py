@@ -35,8 +35,9 @@ def build_cnn(image_size: int, pretrained: bool = False, weights_path: str | Pat
         raise PetlabError("model=cnn has no ImageNet weights: set model.backbone.pretrained=false")
     channels = (3, *WIDTHS)
     blocks = OrderedDict((str(i), _block(c_in, c_out)) for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)))
+    backbone = Backbone("cnn", blocks, nn.Flatten(), image_size)  # the image size checked before reading weights
     if weights_path:
         load_state_dict_file(
             nn.Sequential(blocks), weights_path, "cnn", ignore=lambda key: key.split(".")[0] not in blocks
         )
-    return Backbone("cnn", blocks, nn.Flatten(), image_size)
+    return backbone

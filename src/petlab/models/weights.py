@@ -26,6 +26,7 @@ def load_state_dict_file(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise PetlabError(f"model.backbone.weights_path={path} is not a torch state dict ({error})") from error
+    # Some published weight files wrap the state dict: {"state_dict": {...}, "epoch": ...}.
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

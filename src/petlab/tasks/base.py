@@ -3,7 +3,9 @@
 A task says which target it reads for an image, builds its head on a backbone, computes its loss and
 per-stage torchmetrics, names the metric to monitor, writes its evaluation files, and describes its
 predictions and its exported output. The LightningModule, the entry points and the configs only talk to
-this interface, so a new task is one module in ``petlab/tasks/`` and one config in ``conf/task/``.
+this interface, so a new task on targets the data module already reads (a label column) is one module
+in ``petlab/tasks/`` and one config in ``conf/task/``; a new kind of target also needs the data module to
+read it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Task(ABC):
             raise PetlabError(f"task.monitor={monitor} is not a metric of task={name}: choose {valid}")
         if mode not in MODES:
             raise PetlabError(f"task.mode={mode} must be max or min")
+        if metric == "loss" and mode == "max":
+            raise PetlabError(f"task.monitor={monitor} is better when lower: set task.mode=min (or leave it out)")
         self.name, self.monitor, self.mode = name, monitor, mode
 
     @property
