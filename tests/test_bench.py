@@ -20,7 +20,8 @@ PIPELINES = (
 )
 
 
-def test_the_bench_measures_every_pipeline_and_derives_its_ratios(sample_root: Path):
+@pytest.mark.parametrize("task", ["species", "segmentation"])
+def test_the_bench_measures_every_pipeline_and_derives_its_ratios(sample_root: Path, task: str):
     results = run_bench(
         sample_root,
         model="cnn",
@@ -31,8 +32,9 @@ def test_the_bench_measures_every_pipeline_and_derives_its_ratios(sample_root: P
         steps=2,
         precision="bf16-mixed",
         repeats=2,
+        task=task,
     )
-    assert all(results[key] > 0 for key in PIPELINES)
+    assert results["task"] == task and all(results[key] > 0 for key in PIPELINES)
     assert results["b_cold_img_s"] < results["b_warm_img_s"] * 1.5  # cold includes building the cache
     ratio = results["b_warm_img_s"] / results["a_notebook_img_s"]
     assert results["ratio_b_warm_over_a"] == pytest.approx(ratio, rel=1e-2)

@@ -127,11 +127,11 @@ def test_evaluation_sees_the_centre_crop_and_augmented_training_the_whole_resize
 
 def test_batch_augmentation_draws_per_image_and_is_exact_when_it_should_be():
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    assert torch.allclose(BatchAugmentation(16)(images), images / 255, atol=1e-6)
-    assert torch.allclose(BatchAugmentation(16, hflip=1.0)(images), images.flip(-1) / 255, atol=1e-6)
+    assert torch.allclose(BatchAugmentation(16)(images)[0], images / 255, atol=1e-6)
+    assert torch.allclose(BatchAugmentation(16, hflip=1.0)(images)[0], images.flip(-1) / 255, atol=1e-6)
     same = images[:1].expand(8, -1, -1, -1)
     for options in ({"crop_scale": (0.3, 0.6)}, {"rotation": 30}, {"color_jitter": 0.5}):
-        outputs = BatchAugmentation(8, **options)(same)
+        outputs = BatchAugmentation(8, **options)(same)[0]
         assert outputs.shape == (8, 3, 8, 8) and not torch.equal(outputs[0], outputs[1]), options
 
 

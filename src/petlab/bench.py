@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -34,38 +35,43 @@ from torchvision import transforms as v1
 from petlab.cli import quiet_console
 from petlab.config import config_dir, config_options
 from petlab.data.augment import BatchAugmentation
-from petlab.data.cache import CachedImageDataset, build_cache, cache_path
-from petlab.data.datamodule import PetDataModule, resolve_num_workers
+from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_cache_path
+from petlab.data.datamodule import MASKS, PetDataModule, resolve_num_workers
 from petlab.data.index import build_index
+from petlab.data.masks import read_trimap, resized_mask, trimap_path
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
 from petlab.errors import PetlabError
 from petlab.module import PetModule, normalize_batch
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
-from petlab.tasks import Classification
 
-Batch = Callable[[torch.Tensor], torch.Tensor]
+Batch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> images
 
 
 class NotebookDataset(Dataset):
-    """What the user's notebook did for every item of every epoch."""
+    """What the user's notebook did for every item of every epoch (with ``mask_paths``, the same for the
+    trimap: PIL open, nearest-neighbour resize, to a tensor)."""
 
-    def __init__(self, paths: Sequence[str], image_size: int) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[str], image_size: int, mask_paths: Sequence[str] | None = None) -> None:
+        self.paths, self.mask_paths, self.size = list(paths), mask_paths, image_size
         self.transform = v1.Compose([v1.Resize((image_size, image_size)), v1.ToTensor(),
                                      v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.open(self.paths[item]).convert("RGB")), 0
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        image = self.transform(Image.open(self.paths[item]).convert("RGB"))
+        if self.mask_paths is None:
+            return image, 0
+        mask = Image.open(self.mask_paths[item]).resize((self.size, self.size), Image.NEAREST)
+        return image, torch.from_numpy(np.array(mask))
 
 
 def _one_pass(loader: DataLoader, on_batch: Batch | None) -> float:
     started, count = time.perf_counter(), 0
-    for images, _ in loader:
+    for images, targets in loader:
         if on_batch is not None:
-            images = on_batch(images)
+            images = on_batch(images, targets)
         count += len(images)
     return count / (time.perf_counter() - started)
 
@@ -92,12 +98,13 @@ def compute_bound(
     """
     optimizer = model.configure_optimizers()["optimizer"]
     model.train()
+    targets = model.task.encode_targets(targets)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(batch.device.type, precision):
-            logits = model(batch)
-        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+            outputs = model(batch)
+        model.task.loss(outputs.float(), targets).backward()
         optimizer.step()
 
     step()  # warm-up: allocations, kernel selection
@@ -158,43 +165,70 @@ def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.devic
     return timer.images / (timer.finished - timer.started)
 
 
+def task_config(name: str) -> DictConfig:
+    """``conf/task/NAME.yaml`` as a training run composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from petlab.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[f"task={name}"]).task
+
+
 def run_bench(
     root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
     workers: int | str = "auto", steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
+    task: str = "species",
 ) -> dict[str, Any]:  # fmt: skip
-    """Measure (a)-(d) on the first ``images`` readable images of ``root``; return the figures."""
+    """Measure (a)-(d) for ``task`` on the first ``images`` usable images of ``root``; return the figures.
+
+    For a task with masks (segmentation), every pipeline carries the images' trimaps too.
+    """
     notebook_workers, workers = resolve_num_workers(workers), resolve_num_workers(workers, cached=True)
+    task_settings = task_config(task)
+    masked = task_settings.target == MASKS
     index = build_index(root)
-    paths = index.loc[index["readable"], "path"].tolist()[:images]
+    usable = index["readable"] & (index["trimap"] == "") if masked else index["readable"]
+    paths = index.loc[usable, "path"].tolist()[:images]
     if len(paths) < batch_size:
-        raise PetlabError(f"{root} has {len(paths)} readable images; the bench needs at least --batch-size")
+        raise PetlabError(f"{root} has {len(paths)} usable images for task={task}; the bench needs at least "
+                          "--batch-size")  # fmt: skip
+    mask_paths = [str(trimap_path(root, Path(path).stem)) for path in paths] if masked else None
 
     def loader_options(count: int) -> dict[str, Any]:
         return {"batch_size": batch_size, "num_workers": count, "persistent_workers": count > 0}
 
-    results: dict[str, Any] = {"root": str(root), "model": model, "image_size": image_size,
+    results: dict[str, Any] = {"root": str(root), "task": task, "model": model, "image_size": image_size,
                                "batch_size": batch_size, "images": len(paths), "notebook_workers": notebook_workers,
                                "workers": workers}  # fmt: skip
-    notebook = DataLoader(NotebookDataset(paths, image_size), **loader_options(notebook_workers))
+    notebook = DataLoader(NotebookDataset(paths, image_size, mask_paths), **loader_options(notebook_workers))
     results["a_notebook_img_s"] = images_per_second(notebook)
 
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
         side = resized_side(image_size, DEFAULT_CROP_MARGIN)
         store, build_seconds = build_cache(paths, side, cache_path(Path(cache_dir), paths, side, "bench"))
+        masks = None
+        if mask_paths is not None:
+            masks, mask_seconds = build_cache(
+                mask_paths, side, mask_cache_path(store), lambda path: resized_mask(read_trimap(path), side), "trimaps"
+            )  # fmt: skip
+            build_seconds += mask_seconds
 
         def cached(crop: int | None) -> DataLoader:
-            dataset = CachedImageDataset(store, range(len(paths)), [0] * len(paths), ItemTransform(side, crop))
+            dataset = CachedImageDataset(store, range(len(paths)), [0] * len(paths), ItemTransform(side, crop),
+                                         masks=masks)  # fmt: skip
             return DataLoader(dataset, **loader_options(workers))
 
         mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         augment = default_augmentation()
         augmentation = BatchAugmentation.from_config(image_size, augment)
 
-        def normalised(images: torch.Tensor) -> torch.Tensor:
+        def normalised(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return normalize_batch(images, mean, std)
 
-        def augmented(images: torch.Tensor) -> torch.Tensor:
-            return normalize_batch(augmentation(images), mean, std)
+        def augmented(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return normalize_batch(augmentation(images, targets if masked else None)[0], mean, std)
 
         # Like for like with (a): the evaluation pipeline, images at image_size, normalised, no augmentation.
         first_pass = len(paths) / images_per_second(cached(crop=image_size), normalised, warm_up=False)
@@ -207,8 +241,9 @@ def run_bench(
         results["cache_build_s"] = round(build_seconds, 2)
 
         device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-        datamodule = PetDataModule(root, image_size=image_size, batch_size=batch_size, num_workers=workers,
-                                   augment=augment, cache_dir=cache_dir, split="random")  # fmt: skip
+        datamodule = PetDataModule(root, target=task_settings.target, image_size=image_size, batch_size=batch_size,
+                                   num_workers=workers, augment=augment, cache_dir=cache_dir,
+                                   split="random")  # fmt: skip
         datamodule.setup("fit")
         default = resolve_precision(precision, device.type)
         results["precision"] = default
@@ -216,14 +251,15 @@ def run_bench(
         settings = {"fp32": ("32-true", False), "default": (default, AUTO)}
         optimizer = instantiate(training_default("optimizer"))
         for name, (chosen, channels_last) in settings.items():
-            task = Classification("species", "species", datamodule.class_names)
-            module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean,
+            built = instantiate(task_settings, **datamodule.task_arguments(), _convert_="all")
+            module = PetModule({"name": model, "pretrained": False}, built, image_size, datamodule.mean,
                                datamodule.std, channels_last=channels_last, optimizer=optimizer)  # fmt: skip
             memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
             module.to(device, memory_format=memory_format or torch.contiguous_format)
             batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
             batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
-            targets = torch.randint(0, len(datamodule.class_names), (batch_size,), device=device)
+            targets = next(iter(datamodule.loader("val")))[1]  # real targets: a class or a mask per image
+            targets = targets.repeat_interleave(-(-batch_size // len(targets)), dim=0)[:batch_size].to(device)
             # Alternated, so that each ratio d/c compares measurements taken moments apart on a shared machine.
             compute, training = [], []
             for _ in range(repeats):
@@ -247,6 +283,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("data/sample-pets"), help="a dataset in the pets layout")
     parser.add_argument("--model", default="resnet34", choices=config_options("model"))
+    parser.add_argument(
+        "--task",
+        default="species",
+        choices=config_options("task"),
+        help="species (the classification pipeline) or segmentation (images with trimaps)",
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=512, help="how many images to read (default 512)")
@@ -269,13 +311,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
     try:
         results = run_bench(args.root, args.model, args.image_size, args.batch_size, args.images, workers,
-                            args.steps, args.precision, args.accelerator, args.repeats)  # fmt: skip
+                            args.steps, args.precision, args.accelerator, args.repeats, args.task)  # fmt: skip
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     if args.json:
         print(json.dumps(results))
         return
-    print(f"petlab bench: {results['images']} images from {results['root']}, {results['model']} at "
+    print(f"petlab bench: task={results['task']}, {results['images']} images from {results['root']}, "
+          f"{results['model']} at "
           f"{results['image_size']} px, batch {results['batch_size']}, workers: {results['notebook_workers']} (a), "
           f"{results['workers']} (b-d), "
           f"{results['device']}; (c) and (d): medians of {results['repeats']}")  # fmt: skip

@@ -45,7 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         std=checkpoint.std, upsample="none", download=False, _convert_="all",
     )  # fmt: skip
     datamodule.setup("test")
-    if checkpoint.class_names and datamodule.class_names != checkpoint.class_names:
+    labels = datamodule.task_arguments().get("class_names")  # a label's classes (none for trimaps)
+    if labels is not None and labels != checkpoint.class_names:
         raise PetlabError(
             f"the dataset's classes {datamodule.class_names[:5]}{'...' if len(datamodule.class_names) > 5 else ''}"
             f" differ from the checkpoint's {checkpoint.class_names[:5]}"
@@ -57,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_group(cfg, "logger")
     trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
-    task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split].paths,
+    task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split],
                           tensorboard_writer(trainer), step=0)  # fmt: skip
     metrics = scalar_metrics(trainer)
     images = len(next(iter(model.test_outputs.values()), []))

@@ -38,7 +38,7 @@ def _normalised_network(checkpoint: Any) -> Any:
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             features = self.backbone((images - self.mean) / self.std)
-            return self.head(features, self.backbone.pool(features[-1]))
+            return self.head(features, self.backbone.pool(features[-1]), images.shape[-2:])
 
     model = checkpoint.model
     return Exported(model.backbone, model.head, checkpoint.mean, checkpoint.std).eval()

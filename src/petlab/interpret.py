@@ -114,8 +114,11 @@ def prediction_grids(
     return grids
 
 
-def learning_curves(tensorboard_dir: Path) -> Figure | None:
-    """Train vs validation loss and accuracy per epoch, read back from the run's TensorBoard events."""
+METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "miou": "mean IoU"}
+
+
+def learning_curves(tensorboard_dir: Path, metric: str = "acc") -> Figure | None:
+    """Train vs validation loss and ``metric`` per epoch, read back from the run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not tensorboard_dir.is_dir():
@@ -125,13 +128,13 @@ def learning_curves(tensorboard_dir: Path) -> Figure | None:
     if not {"train/loss", "val/loss"} <= tags:
         return None
     figure = Figure(figsize=(10, 4))
-    for axes, metric in zip(figure.subplots(1, 2), ("loss", "acc"), strict=True):
+    for axes, name in zip(figure.subplots(1, 2), ("loss", metric), strict=True):
         for stage in ("train", "val"):
-            if f"{stage}/{metric}" in tags:
-                points = {s.step: s.value for s in events.Scalars(f"{stage}/{metric}")}  # a resume may repeat steps
+            if f"{stage}/{name}" in tags:
+                points = {s.step: s.value for s in events.Scalars(f"{stage}/{name}")}  # a resume may repeat steps
                 axes.plot(list(points), list(points.values()), marker="o", label=stage)
         axes.set_xlabel("step")
-        axes.set_title({"loss": "loss", "acc": "accuracy"}[metric])
+        axes.set_title(METRIC_TITLES.get(name, name))
         axes.legend()
     figure.tight_layout()
     return figure
@@ -155,17 +158,104 @@ def write_evaluation(
     confused.to_csv(output_dir / "most_confused.csv", index=False)
     figures = {"confusion_matrix": confusion_figure(matrix, class_names),
                **prediction_grids(probabilities, targets, paths, class_names)}  # fmt: skip
-    curves = learning_curves(output_dir / "tensorboard")
-    if curves is not None:
-        figures["learning_curves"] = curves
-    for name, figure in figures.items():
-        figure.savefig(output_dir / f"{name}.png", dpi=110)
-        if experiment is not None:
-            experiment.add_figure(f"evaluation/{name}", figure, global_step=step)
+    save_figures(output_dir, figures, experiment, step, "acc")
     if experiment is not None:
         for name, accuracy in zip(table["class"], table["accuracy"], strict=True):
             experiment.add_scalar(f"test/acc_per_class/{name}", accuracy, global_step=step)
         experiment.add_text("evaluation/per_class", markdown_table(table.set_index("class")), global_step=step)
         experiment.add_text("evaluation/most_confused", markdown_table(confused.head(20).set_index("true")),
                             global_step=step)  # fmt: skip
+    return table
+
+
+def save_figures(output_dir: Path, figures: dict[str, Figure], experiment: Any | None, step: int, metric: str) -> None:
+    """``figures`` and the learning curves of ``metric`` as PNG files, and to TensorBoard's Images tab."""
+    curves = learning_curves(output_dir / "tensorboard", metric)
+    if curves is not None:
+        figures = {**figures, "learning_curves": curves}
+    for name, figure in figures.items():
+        figure.savefig(output_dir / f"{name}.png", dpi=110)
+        if experiment is not None:
+            experiment.add_figure(f"evaluation/{name}", figure, global_step=step)
+
+
+def iou_table(confusion_counts: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """IoU, Dice and pixel accuracy (recall) of every class from (true, predicted) pixel counts."""
+    hits = np.diag(confusion_counts).astype(float)
+    support, claimed = confusion_counts.sum(axis=1), confusion_counts.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = hits / (support + claimed - hits)
+        dice = 2 * hits / (support + claimed)
+        recall = hits / support
+    table = {"class": class_names, "pixels": support, "iou": iou, "dice": dice, "pixel_accuracy": recall}
+    return pd.DataFrame(table).round(4)
+
+
+def image_ious(confusion_counts: torch.Tensor) -> torch.Tensor:
+    """The mean IoU of each image over the classes it has or is predicted to have (N, C, C) -> (N,)."""
+    counts = confusion_counts.double()
+    hits = counts.diagonal(dim1=1, dim2=2)
+    union = counts.sum(dim=2) + counts.sum(dim=1) - hits
+    present = union > 0
+    iou = torch.where(present, hits / union.clamp_min(1), 0.0)
+    return iou.sum(dim=1) / present.sum(dim=1).clamp_min(1)
+
+
+def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Tensor, indices: Sequence[int],
+              title: str) -> Figure:  # fmt: skip
+    """One row per image: the image, the true mask and the predicted mask, overlaid (ignored pixels grey)."""
+    from petlab.tasks.segmentation import IGNORE, overlay
+
+    figure = Figure(figsize=(7.5, 2.6 * max(1, len(indices))))
+    axes_rows = figure.subplots(max(1, len(indices)), 3, squeeze=False)
+    for row, index in zip(axes_rows, indices, strict=False):
+        image, raw = dataset[index]
+        pixels = image.permute(1, 2, 0).numpy()
+        truth = task.encode_targets(raw).numpy()
+        shown_truth = np.asarray(overlay(pixels, truth, task.class_names))
+        shown_truth = np.where((truth == IGNORE)[..., None], 128, shown_truth).astype(np.uint8)
+        panels = (pixels, shown_truth, np.asarray(overlay(pixels, predictions[index].numpy(), task.class_names)))
+        labels = (Path(dataset.paths[index]).name, "true", f"predicted (IoU {float(ious[index]):.2f})")
+        for axes, panel, label in zip(row, panels, labels, strict=True):
+            axes.imshow(panel)
+            axes.set_title(label, fontsize=8)
+            axes.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def write_segmentation_evaluation(
+    task: Any, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None = None,
+    step: int = 0, count: int = 6, seed: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """Per-class IoU table, image / true / predicted overlays (random and worst IoU), a histogram of the
+    images' IoU and the learning curves; returns the table."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions, confusion_counts = kept["predictions"], kept["confusion"]
+    table = iou_table(confusion_counts.sum(dim=0).numpy(), task.class_names)
+    table.to_csv(output_dir / "per_class_iou.csv", index=False)
+    ious = image_ious(confusion_counts)
+    pd.DataFrame({"image": [Path(p).name for p in dataset.paths[: len(ious)]], "iou": ious.numpy().round(4)}).to_csv(
+        output_dir / "per_image_iou.csv", index=False
+    )
+    worst = ious.argsort()[:count].tolist()
+    sample = np.random.default_rng(seed).choice(len(ious), size=min(count, len(ious)), replace=False).tolist()
+    histogram = Figure(figsize=(6, 3.5))
+    axes = histogram.subplots()
+    axes.hist(ious.numpy(), bins=20, range=(0, 1), color="tab:blue")
+    axes.set_xlabel("mean IoU of the image")
+    axes.set_ylabel("images")
+    axes.set_title(f"Test images by IoU (mean {float(ious.mean()):.3f})")
+    histogram.tight_layout()
+    figures = {
+        "sample_predictions": mask_grid(task, dataset, predictions, ious, sample, "Sample predictions (test)"),
+        "worst_iou": mask_grid(task, dataset, predictions, ious, worst, "Lowest IoU (test)"),
+        "iou_histogram": histogram,
+    }
+    save_figures(output_dir, figures, experiment, step, "miou")
+    if experiment is not None:
+        for name, iou in zip(table["class"], table["iou"], strict=True):
+            experiment.add_scalar(f"test/iou_per_class/{name}", iou, global_step=step)
+        experiment.add_text("evaluation/per_class_iou", markdown_table(table.set_index("class")), global_step=step)
     return table

@@ -94,7 +94,7 @@ class PetModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The task's outputs for uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
         features = self.backbone(self.normalize(images))
-        return self.head(features, self.backbone.pool(features[-1]))
+        return self.head(features, self.backbone.pool(features[-1]), images.shape[-2:])
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
@@ -128,26 +128,31 @@ class PetModule(L.LightningModule):
             if name.startswith("val_"):
                 metric.reset()
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The loss, the fp32 outputs and the targets as the task encodes them."""
         images, targets = batch
         if self.uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
         # Under bf16/fp16 autocast the outputs come out in low precision: the loss and metrics use fp32.
         outputs = self(images).float()
+        targets = self.task.encode_targets(targets)
         loss = self.task.loss(outputs, targets)
         for name, metric in self.stage_metrics.items():
             metric_stage, _, metric_name = name.partition("_")
             if metric_stage != stage:
                 continue
+            # Updated only: logged with on_epoch, Lightning computes each once an epoch, not per batch.
             if metric_name == "loss":
-                metric(loss, weight=len(targets))
+                metric.update(loss, weight=len(targets))
             else:
-                metric(outputs, targets)
+                metric.update(outputs, targets)
             shown = metric_name == "loss" or metric_name in self.task.metric_names  # test-only extras: files only
             self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True, prog_bar=shown)
         if stage == "train":
             self.log("train/batch_loss", loss, on_step=True, on_epoch=False)
-        return loss, outputs
+        return loss, outputs, targets
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
@@ -173,10 +178,9 @@ class PetModule(L.LightningModule):
         self.kept.clear()
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        outputs = self._step(batch, "test")[1]
-        self.kept.append(
-            {name: value.detach() for name, value in self.task.kept_for_evaluation(outputs, batch[1]).items()}
-        )
+        _, outputs, targets = self._step(batch, "test")
+        kept = self.task.kept_for_evaluation(outputs, targets)
+        self.kept.append({name: value.detach() for name, value in kept.items()})
 
     def on_test_epoch_end(self) -> None:
         names = self.kept[0].keys() if self.kept else ()

@@ -39,10 +39,12 @@ def image_files(entries: Sequence[str]) -> list[Path]:
 
 
 def predict_files(
-    checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto"
-) -> Iterator[dict[str, Any]]:
+    checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto",
+    output_dir: Path | None = None,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
     """One result per file: ``{"image", **the task's answer}`` (for classification ``"top": [{"class",
-    "probability"}...]``) or ``{"image", "error"}``.
+    "probability"}...]``; for segmentation ``"pet_fraction"`` and the ``"mask"`` and ``"overlay"`` files
+    written to ``output_dir``) or ``{"image", "error"}``.
 
     The model runs on the CPU with the precision and memory format training would use there.
     """
@@ -51,30 +53,50 @@ def predict_files(
     from petlab.data.transforms import ItemTransform, load_rgb
     from petlab.precision import autocast, resolve_precision, uses_channels_last
 
-    transform = ItemTransform(checkpoint.side, crop=checkpoint.image_size)
+    task = checkpoint.task
+    transform = ItemTransform(checkpoint.side, crop=None if task.dense else checkpoint.image_size)
+    if task.dense:
+        if output_dir is None:
+            raise PetlabError(f"a {task.kind} model writes its answers as files: give output_dir=DIR")
+        output_dir.mkdir(parents=True, exist_ok=True)
+    stems: set[str] = set()
     memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
     if memory_format is not None:
         checkpoint.model.to(memory_format=memory_format)
     precision = resolve_precision(precision, "cpu")
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        images: dict[int, torch.Tensor] = {}
+        originals: dict[int, Any] = {}
         for position, path in enumerate(chunk):
             with contextlib.suppress(PetlabError):  # reported below, in its place among the results
-                images[position] = transform(load_rgb(path))
+                originals[position] = load_rgb(path)
         answers: dict[int, dict[str, Any]] = {}
-        if images:
-            batch = torch.stack(list(images.values()))
+        if originals:
+            batch = torch.stack([transform(image) for image in originals.values()])
             if memory_format is not None:
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
                 outputs = checkpoint.model(batch).float()
-            answers = dict(zip(images, checkpoint.task.predictions(outputs, top_k), strict=True))
+            answers = dict(zip(originals, task.predictions(outputs, top_k), strict=True))
+            for row, (position, image) in enumerate(originals.items()):
+                if task.dense:
+                    stem = unique_stem(chunk[position].stem, stems)
+                    answers[position].update(task.write_prediction(outputs[row], image, output_dir, stem))
         for position, path in enumerate(chunk):
             if position in answers:
                 yield {"image": str(path), **answers[position]}
             else:
                 yield {"image": str(path), "error": "not a readable image: skipped"}
+
+
+def unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3`` ... when files of the same name came from other folders."""
+    candidate, number = stem, 1
+    while candidate in used:
+        number += 1
+        candidate = f"{stem}_{number}"
+    used.add(candidate)
+    return candidate
 
 
 def print_table(task: Any, results: Sequence[dict[str, Any]]) -> None:
@@ -108,7 +130,8 @@ def main(cfg: DictConfig) -> None:
     if not files:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     results = []
-    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision):
+    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.dense else None
+    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir):
         if "error" in result:
             print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
         if cfg.output == "json":
@@ -119,6 +142,8 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"none of the {len(files)} files in {given} is a readable image: nothing to predict")
     if cfg.output == "table":
         print_table(checkpoint.task, results)
+    if output_dir is not None:
+        print(f"Masks and overlays written to {output_dir}")
 
 
 if __name__ == "__main__":

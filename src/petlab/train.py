@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from petlab.checkpoint import read_checkpoint
 from petlab.cli import user_error
 from petlab.config import NOT_HYPERPARAMETERS, whole_number
-from petlab.data.datamodule import PetDataModule
+from petlab.data.datamodule import MASKS, PetDataModule
 from petlab.errors import PetlabError, first_line
 from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.resume import check_resume
@@ -45,7 +45,7 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetMo
     datamodule: PetDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    task: Task = instantiate(cfg.task, class_names=datamodule.class_names, _convert_="all")
+    task: Task = instantiate(cfg.task, **datamodule.task_arguments(), _convert_="all")
     backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
     if resuming:  # a resumed run's weights come from its checkpoint: no download, no weights file
         backbone.update(pretrained=False, weights_path=None)
@@ -126,7 +126,8 @@ def check_optimizer(cfg: DictConfig) -> None:
 def check_task(cfg: DictConfig) -> None:
     """Build the task with stand-in classes: it checks its settings (monitor, mode, dropout ...) on creation."""
     try:
-        instantiate(cfg.task, class_names=["a", "b"], _convert_="all")
+        stand_in = {} if cfg.task.get("target") == MASKS else {"class_names": ["a", "b"]}
+        instantiate(cfg.task, **stand_in, _convert_="all")
     except InstantiationException as error:
         raise user_error(error) or PetlabError(
             f"task={cfg.task.get('name')} does not take these settings ({first_line(error.__cause__ or error)}): "
@@ -186,7 +187,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
         if trainer.is_global_zero:
-            model.task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets["test"].paths,
+            model.task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets["test"],
                                         tensorboard_writer(trainer), step=trainer.global_step)  # fmt: skip
     metrics.update({
         "task": cfg.task.name, "model": cfg.model.backbone.name, "seed": cfg.get("seed"),

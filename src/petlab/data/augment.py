@@ -85,13 +85,26 @@ class BatchAugmentation:
     def _jitter(self, count: int, device: torch.device) -> torch.Tensor:
         return self._uniform(count, 1 - self.color_jitter, 1 + self.color_jitter).view(count, 1, 1, 1).to(device)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size)."""
+    def __call__(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size);
+        with their (N, S, S) uint8 ``masks`` moved by the same crop, flip and rotation (nearest neighbour;
+        pixels from outside the image become 0, which no task counts), or None. Colour touches images only."""
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         grid = sampling_grid(self._affine(count).to(device), self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if masks is not None:
+            moved = F.grid_sample(
+                masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+            )
+            masks = moved[:, 0].to(torch.uint8)
+        return self._colour(pixels), masks
+
+    def _colour(self, pixels: torch.Tensor) -> torch.Tensor:
+        count, device = len(pixels), pixels.device
         if self.color_jitter == 0:
             return pixels
         # Each blend is factor x image + (1 - factor) x grey, in place on the fresh output of grid_sample:

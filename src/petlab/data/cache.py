@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +32,33 @@ def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Pa
     return Path(cache_dir) / "images" / f"{digest}-{side}px.npy"
 
 
-def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, float]:
-    """Decode ``paths`` into ``target`` (N, side, side, 3) uint8, unless a complete one is there.
+def mask_cache_path(image_cache: Path) -> Path:
+    """The trimaps' cache beside the image cache: the same key, so it is invalidated with it."""
+    return image_cache.with_name(f"{image_cache.stem}-trimaps.npy")
 
-    The array is written to a ``.partial`` file and renamed, then a ``.json`` marker is written: a build
-    that was interrupted leaves no marker and is redone. Returns the path and the build time (0 if reused).
+
+def build_cache(
+    paths: Sequence[str], side: int, target: Path, decode: Callable[[str], np.ndarray] | None = None,
+    what: str = "images",
+) -> tuple[Path, float]:  # fmt: skip
+    """Decode ``paths`` into ``target``, one uint8 array per file, unless a complete one is there.
+
+    ``decode`` gives a file's array at ``side`` (default: the RGB image, (side, side, 3)). The array is
+    written to a ``.partial`` file and renamed, then a ``.json`` marker is written: a build that was
+    interrupted leaves no marker and is redone. Returns the path and the build time (0 if reused).
     """
     marker = target.with_suffix(".json")
     if target.is_file() and marker.is_file() and json.loads(marker.read_text()).get("images") == len(paths):
         return target, 0.0
+    decode = decode or (lambda path: resized_pixels(load_rgb(path), side))
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target.parent)
     partial = partial_path(target)
-    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), side, side, 3))
-    for index, path in enumerate(track(paths, description=f"Caching {len(paths)} images at {side} px")):
-        store[index] = resized_pixels(load_rgb(path), side)
+    first = decode(paths[0])
+    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), *first.shape))
+    for index, path in enumerate(track(paths, description=f"Caching {len(paths)} {what} at {side} px")):
+        store[index] = first if index == 0 else decode(path)
     store.flush()
     del store
     os.replace(partial, target)
@@ -57,28 +68,34 @@ def build_cache(paths: Sequence[str], side: int, target: Path) -> tuple[Path, fl
 
 
 class CachedImageDataset(torch.utils.data.Dataset):
-    """Rows ``indices`` of a decoded-image cache as uint8 CHW tensors, transformed, with their targets.
+    """Rows ``indices`` of a decoded-image cache as uint8 CHW tensors, transformed, with their targets:
+    the integer ``targets``, or with a ``masks`` cache the trimap rows, cropped as their images (H, W).
 
-    The memmap is opened lazily in each process (workers included), never copied into memory.
+    The memmaps are opened lazily in each process (workers included), never copied into memory.
     """
 
     def __init__(
         self, store: Path, indices: Sequence[int], targets: Sequence[int], transform: ItemTransform,
-        paths: Sequence[str] = (),
+        paths: Sequence[str] = (), masks: Path | None = None,
     ) -> None:  # fmt: skip
         self.store, self.indices, self.paths = Path(store), list(indices), list(paths)
         self.targets = [int(t) for t in targets]
-        self.transform = transform
-        self._array: np.ndarray | None = None
+        self.transform, self.masks = transform, masks
+        self._arrays: tuple[np.ndarray, np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_array": None}  # workers open their own memory map
+        return {**self.__dict__, "_arrays": None}  # workers open their own memory maps
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        if self._array is None:
-            self._array = np.load(self.store, mmap_mode="r")
-        pixels = torch.from_numpy(np.array(self._array[self.indices[item]])).permute(2, 0, 1)  # a copy: writable
-        return self.transform(pixels), self.targets[item]
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        if self._arrays is None:
+            masks = np.load(self.masks, mmap_mode="r") if self.masks else None
+            self._arrays = np.load(self.store, mmap_mode="r"), masks
+        images, masks = self._arrays
+        row = self.indices[item]
+        pixels = torch.from_numpy(np.array(images[row])).permute(2, 0, 1)  # a copy: writable
+        if masks is None:
+            return self.transform(pixels), self.targets[item]
+        return self.transform(pixels), self.transform(torch.from_numpy(np.array(masks[row]))[None])[0]

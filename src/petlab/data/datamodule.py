@@ -15,9 +15,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from petlab.config import whole_number
 from petlab.data.augment import BatchAugmentation
-from petlab.data.cache import CachedImageDataset, build_cache, cache_path
+from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_cache_path
 from petlab.data.download import download_dataset
 from petlab.data.index import DEFAULT_MAX_IMAGE_PIXELS, allow_image_pixels, build_index, split_folders
+from petlab.data.masks import read_trimap, resized_mask, trimap_path
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
 from petlab.data.splits import assign_splits
@@ -36,6 +37,8 @@ from petlab.errors import PetlabError
 log = logging.getLogger(__name__)
 
 LABELS = ("species", "breed")  # the label columns of the pets layout
+MASKS = "trimap"  # per-pixel targets: annotations/trimaps (see petlab.data.masks)
+TARGETS = (*LABELS, MASKS)
 NORMALIZATIONS = ("imagenet", "dataset")
 
 
@@ -87,6 +90,8 @@ class PetDataModule(L.LightningDataModule):
 
     ``layout="pets"`` reads the Oxford-IIIT Pet layout and labels images from their file names;
     ``layout="folder"`` reads ``root/[train|val|test/]CLASS/*.jpg`` and labels images by their folder.
+    ``target``: a label column (species, breed; an integer class per image) or ``trimap`` (the release's
+    per-pixel trimap of each image, the images without a usable one left out; splits stratified by species).
     """
 
     def __init__(
@@ -115,7 +120,7 @@ class PetDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.target = _choice("task.target", target, LABELS)
+        self.target = _choice("task.target", target, TARGETS)
         self.layout = _choice("data.layout", layout, ("pets", "folder"))
         self.upsample = _choice("data.upsample", upsample, UPSAMPLING)
         self.normalize = _choice("data.normalize", normalize, NORMALIZATIONS)
@@ -125,6 +130,9 @@ class PetDataModule(L.LightningDataModule):
         self.max_image_pixels = max_image_pixels
         if download and layout != "pets":
             raise PetlabError("data.download=true fetches Oxford-IIIT Pet; it needs data.layout=pets")
+        if target == MASKS and upsample != "none":
+            raise PetlabError(f"data.upsample={upsample} balances the classes of a label; per-pixel targets "
+                              "(task=segmentation) need data.upsample=none")  # fmt: skip
         self.root = Path(root).expanduser()
         self.image_size, self.batch_size = image_size, batch_size
         self.num_workers = resolve_num_workers(num_workers, cached=bool(cache) and cache_dir is not None)
@@ -140,6 +148,7 @@ class PetDataModule(L.LightningDataModule):
         self.cache = bool(cache) and self.cache_dir is not None
         self.batch_augmentation = BatchAugmentation.from_config(image_size, self.augment)
         self.store: Path | None = None
+        self.mask_store: Path | None = None
         self.frame: pd.DataFrame | None = None
         self.report: DataReport | None = None
         self.class_names: list[str] = []
@@ -156,16 +165,25 @@ class PetDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
+        if self.target == MASKS:
+            self._require_trimaps()
         index = build_index(self.root, self.cache_dir, self.layout, self.max_image_pixels)
         frame = index[index["readable"]].copy()
         skipped = index.loc[~index["readable"], ["name", "problem"]]
+        if self.target == MASKS:  # images without a usable trimap are left out of this task, and listed
+            unusable = frame[frame["trimap"] != ""]
+            reasons = "not used for segmentation: " + unusable["trimap"]
+            skipped = pd.concat([skipped, unusable[["name"]].assign(problem=reasons)])
+            frame = frame[frame["trimap"] == ""].copy()
         warn_skipped(skipped)
         if frame.empty:
-            raise PetlabError(f"no readable images in {self.root}")
+            raise PetlabError(
+                f"no readable images in {self.root}" + (" with a usable trimap" if self.target == MASKS else "")
+            )
         if self.layout == "pets":
-            frame["label"] = frame[self.target]
+            frame["label"] = frame["species" if self.target == MASKS else self.target]
         self.class_names = sorted(frame["label"].unique())
-        if len(self.class_names) < 2:
+        if len(self.class_names) < 2 and self.target != MASKS:
             raise PetlabError(f"{self.root} has only one class ({self.class_names[0]}); a classifier needs two")
         frame["target"] = frame["label"].map({name: i for i, name in enumerate(self.class_names)})
         frame["split"] = assign_splits(
@@ -182,6 +200,11 @@ class PetDataModule(L.LightningDataModule):
             if seconds:
                 log.info(f"Decoded-image cache built in {seconds:.1f} s: {self.store} "
                          f"({self.store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
+            if self.target == MASKS:
+                self.mask_store, _ = build_cache(
+                    [str(trimap_path(self.root, name)) for name in frame["name"]], self.side,
+                    mask_cache_path(self.store), lambda path: resized_mask(read_trimap(path), self.side), "trimaps",
+                )  # fmt: skip
         frame["cache_row"] = range(len(frame))
         self.frame = frame
         train = frame[frame["split"] == "train"]
@@ -189,7 +212,8 @@ class PetDataModule(L.LightningDataModule):
             source = "cache" if self.store else "files"
             key = "\0".join([fingerprint, source, str(self.image_size), str(self.side), *train["path"]])
             transform = unnormalised(self.image_size, self.side)
-            self.mean, self.std = channel_stats(self._dataset(train, transform), self.num_workers, self.cache_dir, key)
+            images = self._dataset(train, transform, with_masks=False)
+            self.mean, self.std = channel_stats(images, self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
         self.datasets = {
             name: self._dataset(part, self._transform(train=name == "train")) for name, part in frame.groupby("split")
@@ -212,12 +236,27 @@ class PetDataModule(L.LightningDataModule):
         crop = None if train and self.batch_augmentation.active else self.image_size
         return ItemTransform(self.side, crop)
 
-    def _dataset(self, part: pd.DataFrame, transform: ItemTransform) -> Dataset:
-        """The images of ``part``: from the decoded-image cache when there is one, else decoded from files."""
+    def _require_trimaps(self) -> None:
+        folder = self.root / "annotations" / "trimaps"
+        if self.layout != "pets" or not folder.is_dir():
+            raise PetlabError(
+                f"task=segmentation needs the release's trimaps, and there are none at {folder}: use an "
+                "Oxford-IIIT Pet copy with annotations/trimaps/ (data=oxford_pet, or data=sample)"
+            )
+
+    def _dataset(self, part: pd.DataFrame, transform: ItemTransform, with_masks: bool = True) -> Dataset:
+        """The images of ``part`` with their targets (trimaps for ``target=trimap``, unless not ``with_masks``):
+        from the decoded-image cache when there is one, else decoded from files."""
+        masks = with_masks and self.target == MASKS
         if self.store is not None:
             return CachedImageDataset(self.store, part["cache_row"].tolist(), part["target"].tolist(), transform,
-                                      part["path"].tolist())  # fmt: skip
-        return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform)
+                                      part["path"].tolist(), self.mask_store if masks else None)  # fmt: skip
+        mask_paths = [str(trimap_path(self.root, name)) for name in part["name"]] if masks else None
+        return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform, mask_paths)
+
+    def task_arguments(self) -> dict[str, Any]:
+        """What the task is built with from the data: the class names of a label (nothing for trimaps)."""
+        return {} if self.target == MASKS else {"class_names": self.class_names}
 
     @property
     def has_test(self) -> bool:
@@ -263,4 +302,6 @@ class PetDataModule(L.LightningDataModule):
         if trainer is None or not trainer.training or not self.batch_augmentation.active or torch.is_tensor(batch):
             return batch
         images, targets = batch
-        return self.batch_augmentation(images), targets
+        if self.target == MASKS:
+            return self.batch_augmentation(images, targets)
+        return self.batch_augmentation(images)[0], targets

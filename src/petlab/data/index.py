@@ -1,7 +1,8 @@
 """A pandas index of an Oxford-IIIT Pet style dataset: one row per file in ``images/``.
 
 Labels come from file names (the dataset's own rule); ``annotations/list.txt`` is only cross-checked.
-Every image is opened once while indexing, so unreadable files are found before training, never mid-epoch.
+Every image (and its trimap) is opened once while indexing, so unreadable files are found before training,
+never mid-epoch.
 The index is cached outside the dataset directory and rebuilt when any file in it changes.
 """
 
@@ -21,14 +22,16 @@ from rich.progress import track
 
 from petlab.config import whole_number
 from petlab.data.labels import SPECIES, breed_of, species_of
+from petlab.data.masks import trimap_path, trimap_problem
 from petlab.errors import PetlabError
 from petlab.files import remove_stale_partials, write_text_atomic
 
 log = logging.getLogger(__name__)
 
+# trimap: why the image's trimap cannot be used ("" when it can; see petlab.data.masks).
 INDEX_COLUMNS = ["path", "name", "species", "breed", "label", "official_split", "width", "height", "mode",
-                 "readable", "problem"]  # fmt: skip
-INDEX_VERSION = 3
+                 "readable", "problem", "trimap"]  # fmt: skip
+INDEX_VERSION = 4
 # PIL's own decompression-bomb limit (it refuses images over twice its MAX_IMAGE_PIXELS); data.max_image_pixels.
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 
@@ -129,7 +132,8 @@ def _row(path: Path, name: str, problem: str, max_pixels: int, **labels: str) ->
         width, height, mode, problem = inspect_image(path, max_pixels)
     row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
     row.update(labels)
-    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem}
+    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem,
+            "trimap": "no trimap"}  # fmt: skip
 
 
 def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
@@ -148,8 +152,11 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
         listed = annotations.species.get(name)
         if listed is not None and listed != species_of(name):
             log.warning(f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name")
-        rows.append(_row(path, name, "", max_pixels, species=species_of(name), breed=breed,
-                         official_split=annotations.split.get(name, "")))  # fmt: skip
+        row = _row(path, name, "", max_pixels, species=species_of(name), breed=breed,
+                   official_split=annotations.split.get(name, ""))  # fmt: skip
+        if row["readable"]:
+            row["trimap"] = trimap_problem(trimap_path(root, name), row["width"], row["height"])
+        rows.append(row)
     present = {row["name"] for row in rows}
     missing = sorted(set(annotations.split) - present)
     if missing:
@@ -230,6 +237,8 @@ def build_index(
         files = [Path(e.path) for e in os.scandir(images) if e.is_file()]
         annotations = root / "annotations"
         fingerprinted = files + (sorted(annotations.glob("*.txt")) if annotations.is_dir() else [])
+        trimaps = annotations / "trimaps"
+        fingerprinted += [Path(e.path) for e in os.scandir(trimaps) if e.is_file()] if trimaps.is_dir() else []
     else:
         files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
         fingerprinted = files

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from petlab.data.masks import read_trimap, resized_mask
 from petlab.errors import PetlabError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,15 +71,23 @@ class ItemTransform:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images from paths with integer targets, loaded as RGB and transformed."""
+    """Images from paths, loaded as RGB and transformed, with their integer ``targets`` or, given
+    ``mask_paths``, their trimaps resized (nearest) and cropped as the images, (H, W) uint8."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: ItemTransform) -> None:
+    def __init__(
+        self, paths: Sequence[str], targets: Sequence[int], transform: ItemTransform,
+        mask_paths: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
         self.paths = list(paths)
         self.targets = [int(t) for t in targets]
-        self.transform = transform
+        self.transform, self.mask_paths = transform, mask_paths
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[item])), self.targets[item]
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        image = self.transform(load_rgb(self.paths[item]))
+        if self.mask_paths is None:
+            return image, self.targets[item]
+        mask = resized_mask(read_trimap(self.mask_paths[item]), self.transform.side)
+        return image, self.transform(torch.from_numpy(mask)[None])[0]

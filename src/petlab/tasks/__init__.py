@@ -7,10 +7,11 @@ from typing import Any
 from petlab.errors import PetlabError
 from petlab.tasks.base import Task
 from petlab.tasks.classification import Classification
+from petlab.tasks.segmentation import Segmentation
 
-__all__ = ["KINDS", "Classification", "Task", "task_from_spec"]
+__all__ = ["KINDS", "Classification", "Segmentation", "Task", "task_from_spec"]
 
-KINDS: dict[str, type[Task]] = {"classification": Classification}
+KINDS: dict[str, type[Task]] = {"classification": Classification, "segmentation": Segmentation}
 
 
 def task_from_spec(spec: dict[str, Any]) -> Task:

@@ -32,6 +32,9 @@ class Task(ABC):
 
     kind: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]  # what metrics() returns for validation, besides "loss"
+    # A dense task answers for every pixel: petlab.predict shows it the whole image at the validation
+    # scale (not the centre crop), and writes files per image (write_prediction) to an output folder.
+    dense: ClassVar[bool] = False
 
     def __init__(self, name: str, monitor: str, mode: str) -> None:
         stage, _, metric = monitor.partition("/")
@@ -57,9 +60,14 @@ class Task(ABC):
         """What the data module must be given to read this task's targets (see ``conf/data``)."""
         return {}
 
+    def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's targets as the loss and the metrics take them (the data's own by default)."""
+        return targets
+
     @abstractmethod
     def head(self, backbone: Backbone) -> nn.Module:
-        """The task's layers on ``backbone``; called as ``head(feature_maps, pooled)``."""
+        """The task's layers on ``backbone``; called as ``head(feature_maps, pooled, image_size)`` with the
+        stage feature maps, the pooled vector and the input's (height, width)."""
 
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -75,13 +83,19 @@ class Task(ABC):
 
     @abstractmethod
     def write_evaluation(
-        self, output_dir: Path, kept: dict[str, torch.Tensor], paths: Sequence[str], experiment: Any | None, step: int
+        self, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None, step: int
     ) -> None:  # fmt: skip
-        """Write the evaluation files (and figures to a TensorBoard writer) from the kept test outputs."""
+        """Write the evaluation files (and figures to a TensorBoard writer) from the kept test outputs;
+        ``dataset`` is the evaluated split (``dataset.paths``, ``dataset[i]`` = (image, target))."""
 
     @abstractmethod
     def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
         """One JSON-ready answer per image of a batch of fp32 outputs."""
+
+    def write_prediction(self, outputs: torch.Tensor, image: Any, output_dir: Path, stem: str) -> dict[str, str]:
+        """Files for one predicted image (``outputs`` its fp32 outputs, ``image`` the original PIL image);
+        returns their paths by name. Nothing by default: ``output_dir`` is not created."""
+        return {}
 
     @abstractmethod
     def prediction_table(self, results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

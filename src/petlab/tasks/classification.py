@@ -24,7 +24,7 @@ class ClassificationHead(nn.Sequential):
             nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
 
-    def forward(self, features: list[torch.Tensor], pooled: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], pooled: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return super().forward(pooled)
 
 
@@ -72,11 +72,12 @@ class Classification(Task):
         return {"probabilities": outputs.softmax(dim=1), "targets": targets}
 
     def write_evaluation(
-        self, output_dir: Path, kept: dict[str, torch.Tensor], paths: Sequence[str], experiment: Any | None, step: int
+        self, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None, step: int
     ) -> None:  # fmt: skip
         from petlab.interpret import write_evaluation
 
-        write_evaluation(output_dir, kept["probabilities"], kept["targets"], paths, self.class_names, experiment, step)
+        write_evaluation(output_dir, kept["probabilities"], kept["targets"], dataset.paths, self.class_names,
+                         experiment, step)  # fmt: skip
 
     def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
         values, indices = outputs.softmax(dim=1).topk(min(top_k, len(self.class_names)), dim=1)

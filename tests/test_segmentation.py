@@ -1,0 +1,210 @@
+"""Segmentation: trimaps read, cached, cropped and augmented with their images; loss, metrics, training,
+evaluation files, predict and export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REAL_SAMPLE, compose_config
+from petlab.data.datamodule import PetDataModule
+from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
+from petlab.errors import PetlabError
+from petlab.export import export
+from petlab.tasks import Segmentation
+from petlab.tasks.segmentation import IGNORE, confusions
+from petlab.train import train
+
+# Each trimap value drawn in its own pure colour, so that an image says what its mask must be.
+COLOUR_OF = {PET: (255, 0, 0), BACKGROUND: (0, 0, 255), BORDER: (0, 255, 0)}
+
+
+def coloured_dataset(root: Path, count: int = 12, size: int = 40) -> Path:
+    """Pets-layout images whose colour is their trimap's value (a square pet with a 3 px border band),
+    lossless PNGs under .jpg names, as the release has some."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(count):
+        name = f"{'Bengal' if index % 2 else 'beagle'}_{index + 1}"
+        trimap = np.full((size, size + 8), BACKGROUND, dtype=np.uint8)  # not square: resizing must stretch both
+        top, left = rng.integers(2, 12, size=2)
+        trimap[top : top + 22, left : left + 26] = BORDER
+        trimap[top + 3 : top + 19, left + 3 : left + 23] = PET
+        pixels = np.zeros((*trimap.shape, 3), dtype=np.uint8)
+        for value, colour in COLOUR_OF.items():
+            pixels[trimap == value] = colour
+        Image.fromarray(pixels).save(root / "images" / f"{name}.jpg", format="PNG")
+        Image.fromarray(trimap, mode="L").save(root / "annotations" / "trimaps" / f"{name}.png")
+        lines.append(f"{name} 1 {1 if index % 2 else 2} 1")
+    (root / "annotations" / "trainval.txt").write_text("\n".join(lines[: count * 3 // 4]) + "\n")
+    (root / "annotations" / "test.txt").write_text("\n".join(lines[count * 3 // 4 :]) + "\n")
+    return root
+
+
+def colour_agreement(images: torch.Tensor, masks: torch.Tensor) -> float:
+    """The fraction of pixels whose colour is that of their mask value (black for outside the image)."""
+    pixels = (images.float() / (255 if images.dtype == torch.uint8 else 1)).permute(0, 2, 3, 1)
+    expected = torch.zeros_like(pixels)
+    for value, colour in COLOUR_OF.items():
+        expected[masks == value] = torch.tensor(colour, dtype=torch.float32) / 255
+    assert set(masks.unique().tolist()) <= {OUTSIDE, PET, BACKGROUND, BORDER}
+    return float(((pixels - expected).abs().amax(dim=-1) < 0.5).float().mean())
+
+
+def segmentation_data(root: Path, tmp_path: Path, **options) -> PetDataModule:
+    options = {"image_size": 32, "batch_size": 8, "num_workers": 0, "split": "random", "val_fraction": 0.25,
+               "test_fraction": 0.25, "cache_dir": tmp_path / "cache", **options}  # fmt: skip
+    module = PetDataModule(root, target="trimap", **options)
+    module.setup("fit")
+    return module
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_masks_stay_aligned_with_their_images_through_cache_crop_and_every_augmentation(tmp_path: Path, cache: bool):
+    root = coloured_dataset(tmp_path / "pets")
+    augment = {"crop_scale": [0.4, 1.0], "hflip": 0.5, "rotation": 30, "color_jitter": 0.0}
+    module = segmentation_data(root, tmp_path, cache=cache, augment=augment, seed=1)
+    images, masks = next(iter(module.val_dataloader()))  # the centre crop, as test and evaluation
+    assert images.shape[1:] == (3, 32, 32) and masks.shape[1:] == (32, 32) and masks.dtype == torch.uint8
+    assert colour_agreement(images, masks) > 0.97  # only pixels on a class boundary may blend
+    module.trainer = SimpleNamespace(training=True, current_epoch=0, global_rank=0)
+    images, masks = module.on_after_batch_transfer(next(iter(module.train_dataloader())), 0)
+    assert images.shape[1:] == (3, 32, 32) and masks.shape[1:] == (32, 32)
+    assert colour_agreement(images, masks) > 0.95
+    assert (masks == OUTSIDE).any()  # rotations bring in pixels from outside the image, marked as such
+
+
+def test_colour_jitter_changes_images_only():
+    from petlab.data.augment import BatchAugmentation
+
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    masks = torch.randint(0, 4, (4, 32, 32), dtype=torch.uint8)
+    jittered, moved = BatchAugmentation(32, color_jitter=0.5)(images, masks)
+    assert torch.equal(moved, masks) and not torch.allclose(jittered, images / 255)
+
+
+def test_ignored_pixels_never_count_in_the_loss_or_the_metrics():
+    task = Segmentation("segmentation")  # foreground: the border band is ignored
+    raw = torch.tensor([[[PET, BORDER], [BACKGROUND, OUTSIDE]]], dtype=torch.uint8)
+    targets = task.encode_targets(raw)
+    assert targets.tolist() == [[[1, IGNORE], [0, IGNORE]]]
+    logits = torch.randn(1, 2, 2, 2)
+    changed = logits.clone()
+    changed[:, :, 0, 1] = torch.tensor([50.0, -50.0])  # confidently wrong, on ignored pixels only
+    changed[:, :, 1, 1] = torch.tensor([-50.0, 50.0])
+    assert torch.allclose(task.loss(logits, targets), task.loss(changed, targets))
+    for name, metric in task.metrics("val").items():
+        assert torch.allclose(metric(logits, targets), metric(changed, targets)), name
+    assert confusions(logits.argmax(1), targets, 2).sum() == 2
+    assert task.loss(logits, torch.full_like(targets, IGNORE)).item() == 0  # nothing to learn: no NaN
+    three = Segmentation("segmentation", classes="trimap")
+    assert three.encode_targets(raw).tolist() == [[[0, 2], [1, IGNORE]]]
+
+
+def test_unusable_trimaps_are_left_out_and_listed_and_no_trimaps_is_one_line(tmp_path: Path):
+    root = coloured_dataset(tmp_path / "pets", count=16)
+    trimaps = root / "annotations" / "trimaps"
+    (trimaps / "beagle_1.png").unlink()
+    Image.fromarray(np.full((40, 48), 7, dtype=np.uint8), mode="L").save(trimaps / "Bengal_2.png")
+    Image.fromarray(np.full((20, 20), 1, dtype=np.uint8), mode="L").save(trimaps / "beagle_3.png")
+    (trimaps / "Bengal_4.png").write_bytes(b"not a png")
+    Image.new("RGB", (48, 40)).save(trimaps / "beagle_5.png")
+    before = sorted(p.name for p in root.rglob("*"))
+    module = segmentation_data(root, tmp_path)
+    assert len(module.frame) == 11 and module.mask_store is not None
+    problems = dict(zip(module.report.skipped["name"], module.report.skipped["problem"], strict=True))
+    assert problems["beagle_1"] == "not used for segmentation: no trimap"
+    assert "values [7] outside 1-3" in problems["Bengal_2"] and "20x20, its image 48x40" in problems["beagle_3"]
+    assert "does not decode" in problems["Bengal_4"] and "mode RGB" in problems["beagle_5"]
+    assert sorted(p.name for p in root.rglob("*")) == before  # nothing written into the dataset
+    for folder in (trimaps, root / "annotations"):
+        for path in folder.glob("*.png"):
+            path.unlink()
+    trimaps.rmdir()
+    with pytest.raises(PetlabError, match=r"task=segmentation needs the release's trimaps, .* at .*trimaps"):
+        segmentation_data(root, tmp_path)
+    with pytest.raises(PetlabError, match=r"data\.upsample=none"):
+        PetDataModule(root, target="trimap", upsample="synthetic")
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="the shared real sample is not beside this checkout")
+def test_the_real_samples_trimaps_are_read_with_their_values(tmp_path: Path):
+    module = segmentation_data(REAL_SAMPLE, tmp_path, split="official", val_fraction=0.15, test_fraction=0.15)
+    assert not module.report.skipped["problem"].str.contains("segmentation").any()  # all 600 trimaps usable
+    masks = np.load(module.mask_store)
+    assert masks.shape == (len(module.frame), module.side, module.side)
+    assert set(np.unique(masks)) == {PET, BACKGROUND, BORDER}
+
+
+def petlab(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PETLAB_ROOT": str(cwd)}, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("segmentation") / "run"
+    train(compose_config(sample_root, run_dir, ["task=segmentation", "model=cnn", "trainer.max_epochs=1"]))
+    return run_dir
+
+
+def test_a_segmentation_run_writes_its_evaluation_files(segmentation_run: Path):
+    metrics = json.loads((segmentation_run / "metrics.json").read_text())
+    assert metrics["monitor"] == "val/miou" and 0 <= metrics["test/miou"] <= 1
+    table = pd.read_csv(segmentation_run / "per_class_iou.csv")
+    assert list(table["class"]) == ["background", "pet"] and table["pixels"].min() > 0
+    assert len(pd.read_csv(segmentation_run / "per_image_iou.csv")) == 111  # the official test split
+    for figure in ("sample_predictions", "worst_iou", "iou_histogram", "learning_curves"):
+        assert (segmentation_run / f"{figure}.png").stat().st_size > 5000, figure
+
+
+def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path, sample_root: Path, tmp_path: Path):
+    checkpoint = json.loads((segmentation_run / "metrics.json").read_text())["best_checkpoint"]
+    images = [sample_root / "images" / "Bengal_1.jpg", sample_root / "images" / "beagle_2.jpg"]
+    output = tmp_path / "masks"
+    result = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]},{images[1]}]",
+                    "output=json", f"output_dir={output}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == 2
+    for answer, image in zip(answers, images, strict=True):
+        mask = Image.open(answer["mask"])
+        assert mask.mode == "L" and mask.size == Image.open(image).size
+        assert set(np.unique(np.asarray(mask))) <= {PET, BACKGROUND}
+        assert Image.open(answer["overlay"]).size == mask.size and 0 <= answer["pet_fraction"] <= 1
+    assert sorted(p.name for p in output.iterdir()) == [
+        "Bengal_1_mask.png", "Bengal_1_overlay.png", "beagle_2_mask.png", "beagle_2_overlay.png"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
+def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentation_run: Path, tmp_path: Path,
+                                                                       file_format: str):  # fmt: skip
+    from petlab.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(json.loads((segmentation_run / "metrics.json").read_text())["best_checkpoint"])
+    output = export(checkpoint, file_format, tmp_path / f"model.{file_format}")
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = checkpoint.model(images).numpy()
+        traced = torch.jit.load(str(output))(images).numpy() if file_format == "torchscript" else None
+    if traced is not None:
+        actual = traced
+    else:
+        import onnxruntime
+
+        actual = onnxruntime.InferenceSession(str(output)).run(None, {"images": images.numpy()})[0]
+    assert actual.shape == (3, 2, 32, 32)
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+    sidecar = json.loads(output.with_suffix(output.suffix + ".json").read_text())
+    assert "per-pixel logits" in sidecar["output"] and sidecar["trimap_values"] == {"background": 2, "pet": 1}
