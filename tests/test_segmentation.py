@@ -168,6 +168,16 @@ def test_a_segmentation_run_writes_its_evaluation_files(segmentation_run: Path):
         assert (segmentation_run / f"{figure}.png").stat().st_size > 5000, figure
 
 
+def test_evaluate_reproduces_a_segmentation_runs_test_metrics(segmentation_run: Path, tmp_path: Path):
+    trained = json.loads((segmentation_run / "metrics.json").read_text())
+    result = petlab("petlab.evaluate", f"ckpt_path={trained['best_checkpoint']}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (evaluation,) = (tmp_path / "outputs" / "evaluations").iterdir()
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["test/miou"] == pytest.approx(trained["test/miou"], abs=1e-4)
+    assert (evaluation / "per_class_iou.csv").is_file() and (evaluation / "worst_iou.png").is_file()
+
+
 def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path, sample_root: Path, tmp_path: Path):
     checkpoint = json.loads((segmentation_run / "metrics.json").read_text())["best_checkpoint"]
     images = [sample_root / "images" / "Bengal_1.jpg", sample_root / "images" / "beagle_2.jpg"]

@@ -237,7 +237,7 @@ def run_bench(
         # The training pipeline: whole cached images, the default augmentation applied to batches (here on
         # the CPU, in this process; in training on the training device).
         results["b_warm_augmented_img_s"] = images_per_second(cached(crop=None), augmented)
-        results["cache_mb"] = round(store.stat().st_size / 2**20, 1)
+        results["cache_mb"] = round(sum(path.stat().st_size for path in (store, masks) if path) / 2**20, 1)
         results["cache_build_s"] = round(build_seconds, 2)
 
         device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
