@@ -111,6 +111,28 @@ def test_ignored_pixels_never_count_in_the_loss_or_the_metrics():
     assert three.encode_targets(raw).tolist() == [[[0, 2], [1, IGNORE]]]
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"decoder_channels": 2.5}, r"task\.decoder_channels=2\.5 is not valid: it must be a whole number"),
+        ({"dice_weight": "abc"}, r"task\.dice_weight='abc' is not valid: it must be a number >= 0"),
+        ({"ce_weight": -1}, r"task\.ce_weight=-1 is not valid"),
+        ({"ce_weight": 0, "dice_weight": 0}, r"both 0"),
+        ({"classes": "pets"}, r"task\.classes=pets is not known: choose foreground or trimap"),
+    ],
+)
+def test_each_wrong_segmentation_setting_is_named(settings: dict, message: str):
+    with pytest.raises(PetlabError, match=message):
+        Segmentation("segmentation", **settings)
+
+
+def test_a_segmentation_task_on_a_label_column_is_one_clear_line(sample_root: Path, tmp_path: Path):
+    from petlab.train import check_task
+
+    with pytest.raises(PetlabError, match=r"task\.target=species: segmentation reads the trimaps"):
+        check_task(compose_config(sample_root, tmp_path / "run", ["task=segmentation", "task.target=species"]))
+
+
 def test_unusable_trimaps_are_left_out_and_listed_and_no_trimaps_is_one_line(tmp_path: Path):
     root = coloured_dataset(tmp_path / "pets", count=16)
     trimaps = root / "annotations" / "trimaps"
@@ -125,11 +147,13 @@ def test_unusable_trimaps_are_left_out_and_listed_and_no_trimaps_is_one_line(tmp
     problems = dict(zip(module.report.skipped["name"], module.report.skipped["problem"], strict=True))
     assert problems["beagle_1"] == "not used for segmentation: no trimap"
     assert "values [7] outside 1-3" in problems["Bengal_2"] and "20x20, its image 48x40" in problems["beagle_3"]
-    assert "does not decode" in problems["Bengal_4"] and "mode RGB" in problems["beagle_5"]
+    assert "cannot be read" in problems["Bengal_4"] and "RGB image" in problems["beagle_5"]
     assert sorted(p.name for p in root.rglob("*")) == before  # nothing written into the dataset
     for folder in (trimaps, root / "annotations"):
         for path in folder.glob("*.png"):
             path.unlink()
+    with pytest.raises(PetlabError, match=r"task=segmentation needs the release's trimaps, .* at .*trimaps"):
+        segmentation_data(root, tmp_path)  # an empty trimaps folder
     trimaps.rmdir()
     with pytest.raises(PetlabError, match=r"task=segmentation needs the release's trimaps, .* at .*trimaps"):
         segmentation_data(root, tmp_path)
@@ -163,7 +187,8 @@ def test_a_segmentation_run_writes_its_evaluation_files(segmentation_run: Path):
     assert metrics["monitor"] == "val/miou" and 0 <= metrics["test/miou"] <= 1
     table = pd.read_csv(segmentation_run / "per_class_iou.csv")
     assert list(table["class"]) == ["background", "pet"] and table["pixels"].min() > 0
-    assert len(pd.read_csv(segmentation_run / "per_image_iou.csv")) == 111  # the official test split
+    per_image = pd.read_csv(segmentation_run / "per_image_iou.csv")
+    assert len(per_image) == 111 and per_image["pet_iou"].between(0, 1).all()  # the official test split
     for figure in ("sample_predictions", "worst_iou", "iou_histogram", "learning_curves"):
         assert (segmentation_run / f"{figure}.png").stat().st_size > 5000, figure
 
@@ -195,6 +220,19 @@ def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path,
     assert sorted(p.name for p in output.iterdir()) == [
         "Bengal_1_mask.png", "Bengal_1_overlay.png", "beagle_2_mask.png", "beagle_2_overlay.png"
     ]  # fmt: skip
+    assert "Masks and overlays written to" in result.stderr  # stdout stays JSON lines only
+    before = {path: path.read_bytes() for path in output.iterdir()}
+    again = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]", f"output_dir={output}",
+                   cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {path: path.read_bytes() for path in before} == before  # an earlier run's files are kept
+    assert (output / "Bengal_1_2_mask.png").is_file()
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    refused = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]",
+                     f"output_dir={not_a_folder / 'masks'}", cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 2 and "cannot create output_dir=" in refused.stderr
+    assert "Traceback" not in refused.stderr and not_a_folder.read_text() == "x"
 
 
 @pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
@@ -204,7 +242,7 @@ def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentatio
 
     checkpoint = load_checkpoint(json.loads((segmentation_run / "metrics.json").read_text())["best_checkpoint"])
     output = export(checkpoint, file_format, tmp_path / f"model.{file_format}")
-    images = torch.rand(3, 3, 32, 32)
+    images = torch.rand(3, 3, checkpoint.side, checkpoint.side)
     with torch.no_grad():
         expected = checkpoint.model(images).numpy()
         traced = torch.jit.load(str(output))(images).numpy() if file_format == "torchscript" else None
@@ -214,7 +252,8 @@ def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentatio
         import onnxruntime
 
         actual = onnxruntime.InferenceSession(str(output)).run(None, {"images": images.numpy()})[0]
-    assert actual.shape == (3, 2, 32, 32)
+    assert actual.shape == (3, 2, checkpoint.side, checkpoint.side)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
     sidecar = json.loads(output.with_suffix(output.suffix + ".json").read_text())
     assert "per-pixel logits" in sidecar["output"] and sidecar["trimap_values"] == {"background": 2, "pet": 1}
+    assert sidecar["input_size"] == checkpoint.side and "whole image" in sidecar["preprocess"]

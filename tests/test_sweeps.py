@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from petlab.errors import PetlabError
-from petlab.report import collect_runs, summarise
+from petlab.report import collect_runs, rankings, summarise
 
 TINY = [
     "data=sample", "model=cnn", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
@@ -118,6 +118,28 @@ def test_runs_are_ranked_in_the_direction_their_task_monitors(tmp_path: Path):
     runs = collect_runs([tmp_path / "sweep"])
     assert list(summarise(runs, "val/loss_best")["optimizer.lr"]) == ["1", "2", "0"]  # lowest loss first
     assert list(summarise(runs, "val/acc_best")["optimizer.lr"]) == ["1", "2", "0"]  # highest accuracy first
+
+
+def test_runs_of_tasks_that_monitor_different_metrics_are_ranked_apart(tmp_path: Path):
+    jobs = [("species", "val/acc", 0.7), ("species", "val/acc", 0.9), ("segmentation", "val/miou", 0.6)]
+    for job, (task, monitor, value) in enumerate(jobs):
+        run = tmp_path / "sweep" / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump({"task": {"name": task}, "model": {"backbone": {"name": "cnn"}}})
+        )
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"task={task}", f"seed={job}"]))
+        (run / "metrics.json").write_text(json.dumps({"monitor": monitor, f"{monitor}_best": value}))
+    sections = rankings(collect_runs([tmp_path / "sweep"]), None)
+    assert [(metric, list(summary["runs"])) for metric, summary in sections] == [
+        ("val/acc_best", [2]), ("val/miou_best", [1])
+    ]  # fmt: skip
+    assert sections[0][1]["val/acc_best mean"].item() == pytest.approx(0.8)
+    result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "By configuration (val/miou_best)" in result.stdout and "monitor different metrics" in result.stdout
+    assert "## Summary: val/acc_best" in (tmp_path / "sweep" / "report.md").read_text()
 
 
 def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others_reported(tmp_path: Path):

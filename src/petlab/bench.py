@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 
 from petlab.cli import quiet_console
-from petlab.config import config_dir, config_options
+from petlab.config import config_dir, config_options, project_root
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_cache_path
 from petlab.data.datamodule import MASKS, PetDataModule, resolve_num_workers
@@ -188,6 +188,11 @@ def run_bench(
     notebook_workers, workers = resolve_num_workers(workers), resolve_num_workers(workers, cached=True)
     task_settings = task_config(task)
     masked = task_settings.target == MASKS
+    if not root.is_dir():
+        raise PetlabError(f"no dataset at {root}: give --root DIR (`make sample` writes data/sample-pets)")
+    if masked and not (root / "annotations" / "trimaps").is_dir():
+        raise PetlabError(f"--task {task} needs trimaps, and there is no {root / 'annotations' / 'trimaps'}: give "
+                          "--root an Oxford-IIIT Pet copy (or data/sample-pets)")  # fmt: skip
     index = build_index(root)
     usable = index["readable"] & (index["trimap"] == "") if masked else index["readable"]
     paths = index.loc[usable, "path"].tolist()[:images]
@@ -281,7 +286,12 @@ def run_bench(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("data/sample-pets"), help="a dataset in the pets layout")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=project_root() / "data" / "sample-pets",
+        help="a dataset in the pets layout (default: data/sample-pets of the checkout or PETLAB_ROOT)",
+    )
     parser.add_argument("--model", default="resnet34", choices=config_options("model"))
     parser.add_argument(
         "--task",

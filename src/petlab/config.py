@@ -125,3 +125,16 @@ def whole_number(name: str, value: Any, minimum: int, maximum: int | None = None
         valid = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise PetlabError(f"{name}={value!r} is not valid: it must be a whole number {valid}{hint}")
     return value
+
+
+def real_number(name: str, value: Any, minimum: float, below: float | None = None) -> float:
+    """``value`` if it is a number >= minimum (and < ``below``); else a PetlabError naming the key and the range."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < minimum
+        or (below is not None and value >= below)
+    ):
+        valid = f">= {minimum:g}" if below is None else f"from {minimum:g} to below {below:g}"
+        raise PetlabError(f"{name}={value!r} is not valid: it must be a number {valid}")
+    return float(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
     task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split],
                           tensorboard_writer(trainer), step=0)  # fmt: skip
-    metrics = scalar_metrics(trainer)
+    # Lightning names what trainer.test measures test/...; the files name the split that was measured.
+    metrics = {re.sub(r"^test/", f"{cfg.split}/", key): value for key, value in scalar_metrics(trainer).items()}
     images = len(next(iter(model.test_outputs.values()), []))
     metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
                     "images": images, **numerics(trainer, model)})  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    monitored = task.monitor.replace("val/", "test/", 1)
+    monitored = task.monitor.replace("val/", f"{cfg.split}/", 1)
     log.info(f"Evaluation written to {output_dir}: {monitored} {metrics.get(monitored)}")
     return metrics
 

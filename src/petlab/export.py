@@ -1,8 +1,8 @@
 """``python -m petlab.export ckpt_path=FILE format=torchscript|onnx``: a self-contained model file.
 
 The exported network normalises its input itself, so a user feeds RGB images scaled to [0, 1] at the
-training size and gets the task's output (class logits for classification); ``<file>.json`` beside it
-describes the input and the output (with the class names).
+size ``<file>.json`` gives (``input_size``) and gets the task's output (class logits for classification,
+per-pixel logits for segmentation); that file also says how to prepare an image and names the classes.
 """
 
 from __future__ import annotations
@@ -54,13 +54,17 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     import torch
 
     network = _normalised_network(checkpoint)
-    example = torch.rand(2, 3, checkpoint.image_size, checkpoint.image_size)
+    # As petlab.predict: a dense task sees the whole image at the resized side, a classifier its centre crop.
+    side, crop = checkpoint.side, checkpoint.image_size
+    size = side if checkpoint.task.dense else crop
+    preprocess = (f"resize the whole image to {side}x{side}; resize the output back to the image's size"
+                  if checkpoint.task.dense else f"resize to {side}x{side}, centre crop {crop}x{crop}")  # fmt: skip
+    example = torch.rand(2, 3, size, size)
     output.parent.mkdir(parents=True, exist_ok=True)
     outputs = checkpoint.task.export_spec()
-    spec = {"task": checkpoint.task.spec(), "input": "float RGB in [0, 1], shape (N, 3, S, S)",
-            "image_size": checkpoint.image_size, "mean": checkpoint.mean, "std": checkpoint.std,
-            "preprocess": f"resize to {checkpoint.side}x{checkpoint.side}, centre crop {checkpoint.image_size}",
-            **outputs, "checkpoint": str(checkpoint.path)}  # fmt: skip
+    spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
+            "input_size": size, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
+            "preprocess": preprocess, **outputs, "checkpoint": str(checkpoint.path)}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":
             with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX

@@ -191,14 +191,15 @@ def iou_table(confusion_counts: np.ndarray, class_names: Sequence[str]) -> pd.Da
     return pd.DataFrame(table).round(4)
 
 
-def image_ious(confusion_counts: torch.Tensor) -> torch.Tensor:
-    """The mean IoU of each image over the classes it has or is predicted to have (N, C, C) -> (N,)."""
+def image_ious(confusion_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (N, C, C) -> (N,): the mean IoU over the classes it has or is predicted to have, and each
+    class's IoU (N, C; NaN where the class is neither in the image nor predicted)."""
     counts = confusion_counts.double()
     hits = counts.diagonal(dim1=1, dim2=2)
     union = counts.sum(dim=2) + counts.sum(dim=1) - hits
     present = union > 0
     iou = torch.where(present, hits / union.clamp_min(1), 0.0)
-    return iou.sum(dim=1) / present.sum(dim=1).clamp_min(1)
+    return iou.sum(dim=1) / present.sum(dim=1).clamp_min(1), torch.where(present, iou, torch.nan)
 
 
 def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Tensor, indices: Sequence[int],
@@ -235,8 +236,10 @@ def write_segmentation_evaluation(
     predictions, confusion_counts = kept["predictions"], kept["confusion"]
     table = iou_table(confusion_counts.sum(dim=0).numpy(), task.class_names)
     table.to_csv(output_dir / "per_class_iou.csv", index=False)
-    ious = image_ious(confusion_counts)
-    pd.DataFrame({"image": [Path(p).name for p in dataset.paths[: len(ious)]], "iou": ious.numpy().round(4)}).to_csv(
+    ious, class_ious = image_ious(confusion_counts)
+    names = [Path(p).name for p in dataset.paths[: len(ious)]]
+    pet_iou = class_ious[:, task.class_names.index("pet")].numpy().round(4)
+    pd.DataFrame({"image": names, "iou": ious.numpy().round(4), "pet_iou": pet_iou}).to_csv(
         output_dir / "per_image_iou.csv", index=False
     )
     worst = ious.argsort()[:count].tolist()

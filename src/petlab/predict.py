@@ -6,6 +6,7 @@ Files that are not images are reported on stderr and skipped; the others are sti
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import shutil
 import sys
@@ -55,10 +56,8 @@ def predict_files(
 
     task = checkpoint.task
     transform = ItemTransform(checkpoint.side, crop=None if task.dense else checkpoint.image_size)
-    if task.dense:
-        if output_dir is None:
-            raise PetlabError(f"a {task.kind} model writes its answers as files: give output_dir=DIR")
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if task.dense and output_dir is None:
+        raise PetlabError(f"a {task.kind} model writes its answers as files: give output_dir=DIR")
     stems: set[str] = set()
     memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
     if memory_format is not None:
@@ -69,7 +68,7 @@ def predict_files(
         originals: dict[int, Any] = {}
         for position, path in enumerate(chunk):
             with contextlib.suppress(PetlabError):  # reported below, in its place among the results
-                originals[position] = load_rgb(path)
+                originals[position] = load_rgb(path, upright=True)
         answers: dict[int, dict[str, Any]] = {}
         if originals:
             batch = torch.stack([transform(image) for image in originals.values()])
@@ -77,10 +76,11 @@ def predict_files(
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
                 outputs = checkpoint.model(batch).float()
-            answers = dict(zip(originals, task.predictions(outputs, top_k), strict=True))
+            images = list(originals.values())
+            answers = dict(zip(originals, task.predictions(outputs, images, top_k), strict=True))
             for row, (position, image) in enumerate(originals.items()):
                 if task.dense:
-                    stem = unique_stem(chunk[position].stem, stems)
+                    stem = unique_stem(chunk[position].stem, stems, make_output_dir(output_dir))
                     answers[position].update(task.write_prediction(outputs[row], image, output_dir, stem))
         for position, path in enumerate(chunk):
             if position in answers:
@@ -89,10 +89,20 @@ def predict_files(
                 yield {"image": str(path), "error": "not a readable image: skipped"}
 
 
-def unique_stem(stem: str, used: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3`` ... when files of the same name came from other folders."""
+def make_output_dir(output_dir: Path) -> Path:
+    """``output_dir``, created when the first file is written (a run that writes nothing leaves no folder)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PetlabError(f"cannot create output_dir={output_dir} ({error.strerror}): choose another folder") from error
+    return output_dir
+
+
+def unique_stem(stem: str, used: set[str], output_dir: Path) -> str:
+    """``stem``, or ``stem_2``, ``stem_3`` ... when files of the same name came from other folders or are
+    already in ``output_dir`` from an earlier run: nothing written before is replaced."""
     candidate, number = stem, 1
-    while candidate in used:
+    while candidate in used or any(output_dir.glob(f"{glob.escape(candidate)}_*.png")):
         number += 1
         candidate = f"{stem}_{number}"
     used.add(candidate)
@@ -143,7 +153,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.output == "table":
         print_table(checkpoint.task, results)
     if output_dir is not None:
-        print(f"Masks and overlays written to {output_dir}")
+        print(f"Masks and overlays written to {output_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

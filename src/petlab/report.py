@@ -5,7 +5,8 @@ cross-validation. Columns are the overrides that vary between runs, the validati
 epoch, run time, parameter count and status (completed, failed, incomplete). Runs that differ only in
 ``seed`` or ``data.fold`` are replicates: the summary gives their mean and standard deviation. Runs are
 ranked by the best value of their task's monitored metric (``val/acc_best`` for classification), in the
-task's direction (highest first, or lowest first for a metric the task minimises, such as a loss).
+task's direction (highest first, or lowest first for a metric the task minimises, such as a loss); runs
+that monitor different metrics (species and segmentation runs) are ranked apart, each by its own.
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
                      axis=1)  # fmt: skip
 
 
-def monitored_metric(runs: pd.DataFrame) -> str:
-    """The metric the runs' tasks monitor (its best value), which ranks them unless --metric says otherwise."""
-    monitored = sorted(set(runs["monitor"].dropna()))
-    if len(monitored) > 1:
-        raise PetlabError(f"these runs monitor different metrics ({', '.join(monitored)}): choose one with --metric")
-    return monitored[0] if monitored else DEFAULT_METRIC
+def rankings(runs: pd.DataFrame, metric: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """(metric, summary) for each group of runs ranked together: all of them by ``metric``, or, without
+    one, the runs monitoring each metric by its best value (runs of species and of segmentation, say,
+    are ranked apart, each by its own task's metric)."""
+    if metric:
+        return [(metric, summarise(runs, metric))]
+    monitored = sorted(set(runs["monitor"].dropna())) or [DEFAULT_METRIC]
+    if len(monitored) == 1:
+        return [(monitored[0], summarise(runs, monitored[0]))]
+    return [(name, summarise(runs[runs["monitor"] == name], name)) for name in monitored]
 
 
 LOWER_IS_BETTER = ("loss", "seconds", "params_")
@@ -134,31 +139,38 @@ def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.sort_values(f"{metric} mean", ascending=lower_is_better(runs, metric)).round(4)
 
 
-def chart(summary: pd.DataFrame, metric: str) -> Figure:
-    """Bars of the summary, best configuration on top."""
-    keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
-    labels = [" ".join(f"{v}" for v in row) for row in summary[keys].itertuples(index=False)]
-    figure = Figure(figsize=(8, max(2.5, 0.45 * len(summary) + 1.2)))
-    axes = figure.subplots()
-    axes.barh(labels, summary[f"{metric} mean"], xerr=summary[f"{metric} std"].fillna(0), color="tab:blue")
-    axes.invert_yaxis()
-    axes.set_xlabel(f"{metric} (mean ± std over seeds/folds)")
+def chart(sections: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
+    """Bars of each summary, best configuration on top."""
+    heights = [max(2.0, 0.45 * len(summary) + 1.0) for _, summary in sections]
+    figure = Figure(figsize=(8, sum(heights) + 0.4))
+    for axes, (metric, summary) in zip(figure.subplots(len(sections), 1, squeeze=False, height_ratios=heights)[:, 0],
+                                       sections, strict=True):  # fmt: skip
+        keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
+        labels = [" ".join(f"{v}" for v in row) for row in summary[keys].itertuples(index=False)]
+        axes.barh(labels, summary[f"{metric} mean"], xerr=summary[f"{metric} std"].fillna(0), color="tab:blue")
+        axes.invert_yaxis()
+        axes.set_xlabel(f"{metric} (mean ± std over seeds/folds)")
     figure.tight_layout()
     return figure
 
 
-def write_report(runs: pd.DataFrame, output_dir: Path, metric: str) -> pd.DataFrame:
-    """Write report.csv (every run), report.md (summary and runs) and report.png; return the summary."""
+def write_report(runs: pd.DataFrame, output_dir: Path, metric: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """Write report.csv (every run), report.md (summaries and runs) and report.png; return the summaries
+    (see :func:`rankings`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(runs, metric)
+    sections = rankings(runs, metric)
     runs = runs.drop(columns=["monitor", "monitor_mode"])
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
-    overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
-    markdown = ["## Summary", overview, "## Runs", markdown_table(runs.set_index("run"))]
+    markdown = []
+    for name, summary in sections:
+        overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
+        markdown += [f"## Summary: {name}", overview]
+    markdown += ["## Runs", markdown_table(runs.set_index("run"))]
     write_text_atomic(output_dir / "report.md", "\n\n".join(markdown) + "\n")
-    if len(summary):
-        chart(summary, metric).savefig(output_dir / "report.png", dpi=110)
-    return summary
+    charted = [(name, summary) for name, summary in sections if len(summary)]
+    if charted:
+        chart(charted).savefig(output_dir / "report.png", dpi=110)
+    return sections
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -173,21 +185,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         runs = collect_runs(args.directories)
-        metric = args.metric or monitored_metric(runs)
         known = [column for column in runs.columns if is_metric(column)]
-        if args.metric and (runs["status"] == "completed").any() and metric not in known:
-            raise PetlabError(f"unknown --metric {metric}: these runs have {', '.join(known)}")
-        tasks = sorted(set(runs["task"]) - {""})
-        if len(tasks) > 1:
-            print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
+        if args.metric and (runs["status"] == "completed").any() and args.metric not in known:
+            raise PetlabError(f"unknown --metric {args.metric}: these runs have {', '.join(known)}")
         output = args.output or Path(args.directories[0])
-        summary = write_report(runs, output, metric)
+        sections = write_report(runs, output, args.metric)
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
+    tasks = sorted(set(runs["task"]) - {""})
+    if len(sections) > 1:
+        print(f"note: runs of {', '.join(tasks)} monitor different metrics: each is ranked by its own")
+    elif len(tasks) > 1:
+        print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         print(runs.drop(columns=["error", "monitor", "monitor_mode"]).to_string(index=False))
-        print(f"\nBy configuration ({metric}):")
-        print(summary.to_string(index=False))
+        for metric, summary in sections:
+            print(f"\nBy configuration ({metric}):")
+            print(summary.to_string(index=False))
     counts = runs["status"].value_counts().to_dict()
     print(f"\n{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); report in {output}/report.*")
 

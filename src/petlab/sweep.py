@@ -23,7 +23,7 @@ class SweepSummary(Callback):
     """
 
     def __init__(self, metric: str | None = None) -> None:
-        self.metric = metric  # None: what the runs' task monitors (see petlab.report.monitored_metric)
+        self.metric = metric  # None: what the runs' task monitors (see petlab.report.rankings)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         output_dir = Path(config.hydra.runtime.output_dir)
@@ -38,10 +38,10 @@ class SweepSummary(Callback):
 
     def _summarise(self, sweep_dir: Path) -> None:
         from petlab.errors import PetlabError
-        from petlab.report import collect_runs, monitored_metric, write_report
+        from petlab.report import collect_runs, write_report
 
         try:
             runs = collect_runs([sweep_dir])
-            write_report(runs, sweep_dir, self.metric or monitored_metric(runs))
+            write_report(runs, sweep_dir, self.metric)
         except PetlabError as error:  # e.g. the first job failed before writing its config
             log.warning(f"sweep summary not written: {error}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from petlab.checkpoint import read_checkpoint
 from petlab.cli import user_error
 from petlab.config import NOT_HYPERPARAMETERS, whole_number
-from petlab.data.datamodule import MASKS, PetDataModule
+from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError, first_line
 from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.resume import check_resume
@@ -126,8 +127,12 @@ def check_optimizer(cfg: DictConfig) -> None:
 def check_task(cfg: DictConfig) -> None:
     """Build the task with stand-in classes: it checks its settings (monitor, mode, dropout ...) on creation."""
     try:
-        stand_in = {} if cfg.task.get("target") == MASKS else {"class_names": ["a", "b"]}
-        instantiate(cfg.task, **stand_in, _convert_="all")
+        task_class = get_class(cfg.task._target_)
+    except (ImportError, ValueError, AttributeError) as error:
+        raise PetlabError(f"task._target_={cfg.task._target_} cannot be imported ({first_line(error)})") from error
+    takes_classes = "class_names" in inspect.signature(task_class).parameters
+    try:
+        instantiate(cfg.task, **({"class_names": ["a", "b"]} if takes_classes else {}), _convert_="all")
     except InstantiationException as error:
         raise user_error(error) or PetlabError(
             f"task={cfg.task.get('name')} does not take these settings ({first_line(error.__cause__ or error)}): "

@@ -238,7 +238,7 @@ class PetDataModule(L.LightningDataModule):
 
     def _require_trimaps(self) -> None:
         folder = self.root / "annotations" / "trimaps"
-        if self.layout != "pets" or not folder.is_dir():
+        if self.layout != "pets" or not folder.is_dir() or not any(folder.glob("*.png")):
             raise PetlabError(
                 f"task=segmentation needs the release's trimaps, and there are none at {folder}: use an "
                 "Oxford-IIIT Pet copy with annotations/trimaps/ (data=oxford_pet, or data=sample)"

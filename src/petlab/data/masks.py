@@ -25,7 +25,7 @@ def read_trimap(path: str | Path) -> np.ndarray:
     """The (H, W) uint8 values of a trimap file."""
     with Image.open(path) as image:
         if image.mode not in ("L", "P"):
-            raise ValueError(f"not a one-channel trimap (mode {image.mode})")
+            raise ValueError(f"it is a {image.mode} image: a trimap has one channel of values 1-3")
         return np.asarray(image, dtype=np.uint8)
 
 
@@ -36,7 +36,7 @@ def trimap_problem(path: Path, width: int, height: int) -> str:
     try:
         values = read_trimap(path)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        return f"trimap does not decode: {str(error).splitlines()[0][:120]}"
+        return f"trimap cannot be read: {str(error).splitlines()[0][:120]}"
     if values.shape != (height, width):
         return f"trimap is {values.shape[1]}x{values.shape[0]}, its image {width}x{height}"
     found = set(np.unique(values).tolist())

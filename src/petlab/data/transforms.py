@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from petlab.data.masks import read_trimap, resized_mask
 from petlab.errors import PetlabError
@@ -16,11 +16,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open any image the dataset holds (JPEG, PNG, GIF; grey, palette, RGBA, CMYK) as 3-channel RGB."""
+def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
+    """Open any image the dataset holds (JPEG, PNG, GIF; grey, palette, RGBA, CMYK) as 3-channel RGB.
+
+    ``upright`` turns it as its EXIF orientation says, as photo viewers show it: for new photos
+    (a phone's). The dataset's own images stay as stored, because its trimaps and boxes follow the
+    stored pixels.
+    """
     try:
-        with Image.open(path) as image:
-            image.seek(0)  # first frame of a GIF
+        with Image.open(path) as opened:
+            opened.seek(0)  # first frame of a GIF
+            image = ImageOps.exif_transpose(opened) if upright else opened
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 # Transparent pixels keep arbitrary colours underneath: composite on white instead.
                 rgba = image.convert("RGBA")

@@ -89,8 +89,9 @@ class Task(ABC):
         ``dataset`` is the evaluated split (``dataset.paths``, ``dataset[i]`` = (image, target))."""
 
     @abstractmethod
-    def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
-        """One JSON-ready answer per image of a batch of fp32 outputs."""
+    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
+        """One JSON-ready answer per image of a batch of fp32 outputs (``images`` the original PIL images,
+        for answers measured at their own size)."""
 
     def write_prediction(self, outputs: torch.Tensor, image: Any, output_dir: Path, stem: str) -> dict[str, str]:
         """Files for one predicted image (``outputs`` its fp32 outputs, ``image`` the original PIL image);

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from petlab.errors import PetlabError
+from petlab.config import real_number, whole_number
 from petlab.models import Backbone
 from petlab.tasks.base import Task
 
@@ -39,11 +39,9 @@ class Classification(Task):
         label_smoothing: float = 0.0, monitor: str = "val/acc", mode: str = "max",
     ) -> None:  # fmt: skip
         super().__init__(name, monitor, mode)
-        if not 0 <= dropout < 1 or not 0 <= label_smoothing < 1 or hidden < 1:
-            raise PetlabError(
-                f"task.dropout={dropout} and task.label_smoothing={label_smoothing} must be from 0 to below 1, "
-                f"task.hidden={hidden} at least 1"
-            )
+        hidden = whole_number("task.hidden", hidden, 1)
+        dropout = real_number("task.dropout", dropout, 0, below=1)
+        label_smoothing = real_number("task.label_smoothing", label_smoothing, 0, below=1)
         self.target, self.class_names = target, list(class_names)
         self.hidden, self.dropout, self.label_smoothing = hidden, dropout, label_smoothing
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -79,7 +77,7 @@ class Classification(Task):
         write_evaluation(output_dir, kept["probabilities"], kept["targets"], dataset.paths, self.class_names,
                          experiment, step)  # fmt: skip
 
-    def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
         values, indices = outputs.softmax(dim=1).topk(min(top_k, len(self.class_names)), dim=1)
         rows = zip(values.tolist(), indices.tolist(), strict=True)
         return [{"top": [{"class": self.class_names[i], "probability": round(p, 4)} for p, i in zip(*row, strict=True)]}

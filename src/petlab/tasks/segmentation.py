@@ -22,6 +22,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 from torchvision.ops import FeaturePyramidNetwork
 
+from petlab.config import real_number, whole_number
 from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
 from petlab.models import Backbone, Stage
@@ -86,11 +87,11 @@ class Segmentation(Task):
             raise PetlabError(f"task.classes={classes} is not known: choose {' or '.join(CLASSES)}")
         if target != "trimap":
             raise PetlabError(f"task.target={target}: segmentation reads the trimaps, task.target=trimap")
-        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0 or decoder_channels < 1:
-            raise PetlabError(
-                f"task.ce_weight={ce_weight} and task.dice_weight={dice_weight} must be >= 0, not both 0; "
-                f"task.decoder_channels={decoder_channels} at least 1"
-            )
+        decoder_channels = whole_number("task.decoder_channels", decoder_channels, 1)
+        ce_weight = real_number("task.ce_weight", ce_weight, 0)
+        dice_weight = real_number("task.dice_weight", dice_weight, 0)
+        if ce_weight + dice_weight == 0:
+            raise PetlabError("task.ce_weight and task.dice_weight are both 0: give at least one a weight > 0")
         self.target, self.classes, self.decoder_channels = target, classes, decoder_channels
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.class_names, mapping = CLASSES[classes]
@@ -143,18 +144,23 @@ class Segmentation(Task):
 
         write_segmentation_evaluation(self, output_dir, kept, dataset, experiment, step)
 
-    def predictions(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
-        classes = outputs.argmax(dim=1)
+    def full_size_classes(self, outputs: torch.Tensor, image: Image.Image) -> np.ndarray:
+        """The class of every pixel of the original ``image`` from its fp32 logits (classes, h, w)."""
+        logits = F.interpolate(outputs[None].float(), size=(image.height, image.width), mode="bilinear")
+        return logits[0].argmax(dim=0).numpy()
+
+    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
         pet = self.class_names.index("pet")
-        return [{"pet_fraction": round(float((mask == pet).float().mean()), 4)} for mask in classes]
+        pairs = zip(outputs, images, strict=True)
+        return [{"pet_fraction": round(float((self.full_size_classes(row, image) == pet).mean()), 4)}
+                for row, image in pairs]  # fmt: skip
 
     def write_prediction(
         self, outputs: torch.Tensor, image: Image.Image, output_dir: Path, stem: str
     ) -> dict[str, str]:
         """The mask PNG (the release's values: 1 pet, 2 background, 3 border) at the image's own size,
         and the image with the pet overlaid; returns their paths."""
-        logits = F.interpolate(outputs[None].float(), size=(image.height, image.width), mode="bilinear")
-        classes = logits[0].argmax(dim=0).numpy()
+        classes = self.full_size_classes(outputs, image)
         values = np.array([TRIMAP_VALUE[name] for name in self.class_names], dtype=np.uint8)[classes]
         mask_path, overlay_path = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
         Image.fromarray(values, mode="L").save(mask_path)
