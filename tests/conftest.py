@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from hashlib import sha1
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -57,6 +63,75 @@ def trained_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(sample_root, run_dir, ["task=breed", "model=cnn", "trainer.max_epochs=2"]))
     return run_dir
+
+
+def synthetic_pets(root: Path, count: int, draw: Callable[[Path, str, np.random.Generator], None],
+                   trainval_share: float = 1.0) -> Path:  # fmt: skip
+    """A pets-layout dataset of ``count`` images, cats (Bengal) and dogs (beagle) in turn: ``draw(root, name,
+    rng)`` writes each image and its annotations; the first ``trainval_share`` are trainval, the rest test."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for index in range(count):
+        name = f"{'Bengal' if index % 2 else 'beagle'}_{index + 1}"
+        draw(root, name, rng)
+        lines.append(f"{name} 1 {1 if index % 2 else 2} 1")
+    cut = round(count * trainval_share)
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / "trainval.txt").write_text("\n".join(lines[:cut]) + "\n")
+    if cut < count:
+        (root / "annotations" / "test.txt").write_text("\n".join(lines[cut:]) + "\n")
+    return root
+
+
+def tiny_data(root: Path, tmp_path: Path, target: str, **options: Any) -> Any:
+    """A data module on ``root`` for ``target`` at 32 px, split at random (half train), set up."""
+    from petlab.data.datamodule import PetDataModule
+
+    options = {"image_size": 32, "batch_size": 8, "num_workers": 0, "split": "random", "val_fraction": 0.25,
+               "test_fraction": 0.25, "cache_dir": tmp_path / "cache", **options}  # fmt: skip
+    module = PetDataModule(root, target=target, **options)
+    module.setup("fit")
+    return module
+
+
+def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m module args`` in ``cwd`` (which is also PETLAB_ROOT), its output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PETLAB_ROOT": str(cwd)}, timeout=600)  # fmt: skip
+
+
+def train_once(sample_root: Path, tmp_path_factory: pytest.TempPathFactory, overrides: Sequence[str]) -> Path:
+    """A finished run with ``overrides`` on the tiny dataset (its run directory), for a module's tests to share."""
+    from petlab.train import train
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    train(compose_config(sample_root, run_dir, overrides))
+    return run_dir
+
+
+def exported_outputs(run_dir: Path, file_format: str, tmp_path: Path) -> tuple[Any, list[np.ndarray], list, dict]:
+    """Export a run's best checkpoint; the checkpoint, the exported model's outputs for random images at its
+    input size, the checkpoint's own outputs for them (a list: one per head of a joint model) and the sidecar."""
+    import torch
+
+    from petlab.checkpoint import load_checkpoint
+    from petlab.export import export
+
+    checkpoint = load_checkpoint(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"])
+    output = export(checkpoint, file_format, tmp_path / f"model.{file_format}")
+    images = torch.rand(2, 3, checkpoint.side, checkpoint.side)
+    with torch.no_grad():
+        expected = checkpoint.model(images)
+        if file_format == "torchscript":
+            actual = torch.jit.load(str(output))(images)
+            actual = [value.numpy() for value in (actual if isinstance(actual, tuple) else [actual])]
+        else:
+            import onnxruntime
+
+            actual = onnxruntime.InferenceSession(str(output)).run(None, {"images": images.numpy()})
+    expected = [value.numpy() for value in (expected.values() if isinstance(expected, dict) else [expected])]
+    return checkpoint, actual, expected, json.loads(output.with_suffix(output.suffix + ".json").read_text())
 
 
 def add_release_flaws(root: Path) -> dict[str, str]:

@@ -2,9 +2,6 @@
 evaluation files, predict and export."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REAL_SAMPLE, compose_config
+from conftest import REAL_SAMPLE, compose_config, exported_outputs, synthetic_pets, tiny_data, train_once
+from conftest import run_module as petlab
 from petlab.data.datamodule import PetDataModule
 from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
-from petlab.export import export
 from petlab.tasks import Segmentation
 from petlab.tasks.segmentation import IGNORE, confusions
-from petlab.train import train
 
 # Each trimap value drawn in its own pure colour, so that an image says what its mask must be.
 COLOUR_OF = {PET: (255, 0, 0), BACKGROUND: (0, 0, 255), BORDER: (0, 255, 0)}
@@ -30,12 +26,8 @@ COLOUR_OF = {PET: (255, 0, 0), BACKGROUND: (0, 0, 255), BORDER: (0, 255, 0)}
 def coloured_dataset(root: Path, count: int = 12, size: int = 40) -> Path:
     """Pets-layout images whose colour is their trimap's value (a square pet with a 3 px border band),
     lossless PNGs under .jpg names, as the release has some."""
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    lines = []
-    for index in range(count):
-        name = f"{'Bengal' if index % 2 else 'beagle'}_{index + 1}"
+
+    def draw(root: Path, name: str, rng: np.random.Generator) -> None:
         trimap = np.full((size, size + 8), BACKGROUND, dtype=np.uint8)  # not square: resizing must stretch both
         top, left = rng.integers(2, 12, size=2)
         trimap[top : top + 22, left : left + 26] = BORDER
@@ -44,11 +36,10 @@ def coloured_dataset(root: Path, count: int = 12, size: int = 40) -> Path:
         for value, colour in COLOUR_OF.items():
             pixels[trimap == value] = colour
         Image.fromarray(pixels).save(root / "images" / f"{name}.jpg", format="PNG")
+        (root / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
         Image.fromarray(trimap, mode="L").save(root / "annotations" / "trimaps" / f"{name}.png")
-        lines.append(f"{name} 1 {1 if index % 2 else 2} 1")
-    (root / "annotations" / "trainval.txt").write_text("\n".join(lines[: count * 3 // 4]) + "\n")
-    (root / "annotations" / "test.txt").write_text("\n".join(lines[count * 3 // 4 :]) + "\n")
-    return root
+
+    return synthetic_pets(root, count, draw, trainval_share=0.75)
 
 
 def colour_agreement(images: torch.Tensor, masks: torch.Tensor) -> float:
@@ -62,11 +53,7 @@ def colour_agreement(images: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 def segmentation_data(root: Path, tmp_path: Path, **options) -> PetDataModule:
-    options = {"image_size": 32, "batch_size": 8, "num_workers": 0, "split": "random", "val_fraction": 0.25,
-               "test_fraction": 0.25, "cache_dir": tmp_path / "cache", **options}  # fmt: skip
-    module = PetDataModule(root, target="trimap", **options)
-    module.setup("fit")
-    return module
+    return tiny_data(root, tmp_path, "trimap", **options)
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -170,16 +157,9 @@ def test_the_real_samples_trimaps_are_read_with_their_values(tmp_path: Path):
     assert set(np.unique(masks)) == {PET, BACKGROUND, BORDER}
 
 
-def petlab(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PETLAB_ROOT": str(cwd)}, timeout=600)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def segmentation_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("segmentation") / "run"
-    train(compose_config(sample_root, run_dir, ["task=segmentation", "model=cnn", "trainer.max_epochs=1"]))
-    return run_dir
+    return train_once(sample_root, tmp_path_factory, ["task=segmentation", "model=cnn", "trainer.max_epochs=1"])
 
 
 def test_a_segmentation_run_writes_its_evaluation_files(segmentation_run: Path):
@@ -220,7 +200,7 @@ def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path,
     assert sorted(p.name for p in output.iterdir()) == [
         "Bengal_1_mask.png", "Bengal_1_overlay.png", "beagle_2_mask.png", "beagle_2_overlay.png"
     ]  # fmt: skip
-    assert "Masks and overlays written to" in result.stderr  # stdout stays JSON lines only
+    assert "Pictures of the answers written to" in result.stderr  # stdout stays JSON lines only
     before = {path: path.read_bytes() for path in output.iterdir()}
     again = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]", f"output_dir={output}",
                    cwd=tmp_path)  # fmt: skip
@@ -238,22 +218,8 @@ def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path,
 @pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
 def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentation_run: Path, tmp_path: Path,
                                                                        file_format: str):  # fmt: skip
-    from petlab.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(json.loads((segmentation_run / "metrics.json").read_text())["best_checkpoint"])
-    output = export(checkpoint, file_format, tmp_path / f"model.{file_format}")
-    images = torch.rand(3, 3, checkpoint.side, checkpoint.side)
-    with torch.no_grad():
-        expected = checkpoint.model(images).numpy()
-        traced = torch.jit.load(str(output))(images).numpy() if file_format == "torchscript" else None
-    if traced is not None:
-        actual = traced
-    else:
-        import onnxruntime
-
-        actual = onnxruntime.InferenceSession(str(output)).run(None, {"images": images.numpy()})[0]
-    assert actual.shape == (3, 2, checkpoint.side, checkpoint.side)
+    checkpoint, (actual,), (expected,), sidecar = exported_outputs(segmentation_run, file_format, tmp_path)
+    assert actual.shape == (2, 2, checkpoint.side, checkpoint.side)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
-    sidecar = json.loads(output.with_suffix(output.suffix + ".json").read_text())
     assert "per-pixel logits" in sidecar["output"] and sidecar["trimap_values"] == {"background": 2, "pet": 1}
     assert sidecar["input_size"] == checkpoint.side and "whole image" in sidecar["preprocess"]

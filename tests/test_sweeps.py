@@ -1,6 +1,7 @@
 """Sweeps as users run them: multiruns with failures, k-fold, the report, Optuna with resume, launchers."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -135,6 +136,12 @@ def test_runs_of_tasks_that_monitor_different_metrics_are_ranked_apart(tmp_path:
         ("val/acc_best", [2]), ("val/miou_best", [1])
     ]  # fmt: skip
     assert sections[0][1]["val/acc_best mean"].item() == pytest.approx(0.8)
+    runs = collect_runs([tmp_path / "sweep"])
+    both = summarise(runs, "val/acc_best", also=["val/miou_best"])
+    assert both.set_index("task")["val/miou_best mean"].to_dict() == pytest.approx(
+        {"species": math.nan, "segmentation": 0.6}, nan_ok=True
+    )
+    assert "val/miou_best mean" not in summarise(runs[runs["task"] == "species"], "val/acc_best", ["val/miou_best"])
     result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")], capture_output=True,
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -105,6 +105,14 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)
     OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
     OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
+    OmegaConf.register_new_resolver("joint_targets", joint_targets, replace=True)
+
+
+def joint_targets(heads: Any) -> list[str]:
+    """The data targets that a joint task's heads read (task.target of task=joint)."""
+    from petlab.tasks.joint import data_targets
+
+    return data_targets(list(heads))
 
 
 def monitor_mode(monitor: str) -> str:

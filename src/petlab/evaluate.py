@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from petlab.cli import require, user_facing
 from petlab.config import config_dir, register_resolvers
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, shown
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -46,13 +46,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         std=checkpoint.std, upsample="none", download=False, _convert_="all",
     )  # fmt: skip
     datamodule.setup("test")
-    labels = datamodule.task_arguments().get("class_names")  # a label's classes (none for trimaps)
-    if labels is not None and labels != checkpoint.class_names:
-        raise PetlabError(
-            f"the dataset's classes {datamodule.class_names[:5]}{'...' if len(datamodule.class_names) > 5 else ''}"
-            f" differ from the checkpoint's {checkpoint.class_names[:5]}"
-            f"{'...' if len(checkpoint.class_names) > 5 else ''}: evaluate on a dataset with the same classes"
-        )
+    for target, classes in task.label_classes().items():  # none for trimaps and boxes
+        found = datamodule.label_classes.get(target, [])
+        if found != classes:
+            raise PetlabError(f"the dataset's {target} classes {shown(found)} differ from the checkpoint's "
+                              f"{shown(classes)}: evaluate on a dataset with the same classes")  # fmt: skip
     if cfg.split not in ("val", "test") or cfg.split not in datamodule.datasets:
         raise PetlabError(f"split={cfg.split} is not available here: choose one of val, test")
     output_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -36,9 +36,11 @@ def _normalised_network(checkpoint: Any) -> Any:
             self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
+        def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
             features = self.backbone((images - self.mean) / self.std)
-            return self.head(features, self.backbone.pool(features[-1]), images.shape[-2:])
+            outputs = self.head(features, self.backbone.pool(features[-1]), images.shape[-2:])
+            # A joint model's outputs, one per head, in the order of the sidecar's output_names.
+            return tuple(outputs.values()) if isinstance(outputs, dict) else outputs
 
     model = checkpoint.model
     return Exported(model.backbone, model.head, checkpoint.mean, checkpoint.std).eval()
@@ -54,11 +56,11 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     import torch
 
     network = _normalised_network(checkpoint)
-    # As petlab.predict: a dense task sees the whole image at the resized side, a classifier its centre crop.
+    # As petlab.predict: a spatial task sees the whole image at the resized side, a classifier its centre crop.
     side, crop = checkpoint.side, checkpoint.image_size
-    size = side if checkpoint.task.dense else crop
-    preprocess = (f"resize the whole image to {side}x{side}; resize the output back to the image's size"
-                  if checkpoint.task.dense else f"resize to {side}x{side}, centre crop {crop}x{crop}")  # fmt: skip
+    size = side if checkpoint.task.spatial else crop
+    preprocess = (f"resize the whole image to {side}x{side}" if checkpoint.task.spatial
+                  else f"resize to {side}x{side}, centre crop {crop}x{crop}")  # fmt: skip
     example = torch.rand(2, 3, size, size)
     output.parent.mkdir(parents=True, exist_ok=True)
     outputs = checkpoint.task.export_spec()

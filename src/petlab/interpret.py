@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from petlab.data.report import markdown_table
@@ -72,20 +73,25 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
     return figure
 
 
-def image_grid(paths: Sequence[str], titles: Sequence[str], colours: Sequence[str], title: str) -> Figure:
-    columns = min(4, max(1, len(paths)))
-    rows = max(1, math.ceil(len(paths) / columns))
+def image_grid(pictures: Sequence[Image.Image], titles: Sequence[str], colours: Sequence[str], title: str) -> Figure:
+    """Up to four pictures a row, each with its title in its colour."""
+    columns = min(4, max(1, len(pictures)))
+    rows = max(1, math.ceil(len(pictures) / columns))
     figure = Figure(figsize=(3.2 * columns, 3.4 * rows))
     for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
         axes.axis("off")
-        if i < len(paths):
-            picture = load_rgb(paths[i])
-            picture.thumbnail((256, 256))
-            axes.imshow(picture)
+        if i < len(pictures):
+            axes.imshow(pictures[i])
             axes.set_title(titles[i], fontsize=8, color=colours[i])
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def thumbnail(path: str) -> Image.Image:
+    picture = load_rgb(path)
+    picture.thumbnail((256, 256))
+    return picture
 
 
 def _caption(probabilities: torch.Tensor, target: int, class_names: Sequence[str], loss: float | None) -> str:
@@ -105,7 +111,7 @@ def prediction_grids(
     grids = {}
     for name, indices, with_loss in (("top_losses", worst, True), ("sample_predictions", sample, False)):
         grids[name] = image_grid(
-            [paths[i] for i in indices],
+            [thumbnail(paths[i]) for i in indices],
             [_caption(probabilities[i], int(targets[i]), class_names, float(losses[i]) if with_loss else None)
              for i in indices],
             ["green" if probabilities[i].argmax() == targets[i] else "red" for i in indices],
@@ -114,7 +120,7 @@ def prediction_grids(
     return grids
 
 
-METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "miou": "mean IoU"}
+METRIC_TITLES = {"loss": "loss", "acc": "accuracy", "miou": "mean IoU", "iou": "head box IoU"}
 
 
 def learning_curves(tensorboard_dir: Path, metric: str = "acc") -> Figure | None:
@@ -199,7 +205,9 @@ def image_ious(confusion_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     union = counts.sum(dim=2) + counts.sum(dim=1) - hits
     present = union > 0
     iou = torch.where(present, hits / union.clamp_min(1), 0.0)
-    return iou.sum(dim=1) / present.sum(dim=1).clamp_min(1), torch.where(present, iou, torch.nan)
+    counted = counts.sum(dim=(1, 2)) > 0  # an image without a counted pixel (no trimap) has no IoU
+    mean = torch.where(counted, iou.sum(dim=1) / present.sum(dim=1).clamp_min(1), torch.nan)
+    return mean, torch.where(present, iou, torch.nan)
 
 
 def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Tensor, indices: Sequence[int],
@@ -226,6 +234,59 @@ def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Te
     return figure
 
 
+def iou_histogram(ious: torch.Tensor, label: str) -> Figure:
+    """How the test images' IoU is spread, with its mean."""
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    axes.hist(ious.numpy(), bins=20, range=(0, 1), color="tab:blue")
+    axes.set_xlabel(label)
+    axes.set_ylabel("images")
+    axes.set_title(f"Test images by IoU (mean {float(ious.mean()):.3f})")
+    figure.tight_layout()
+    return figure
+
+
+def box_grid(dataset: Any, boxes: torch.Tensor, ious: torch.Tensor, indices: Sequence[int], title: str) -> Figure:
+    """The images as the network saw them, the true head box in green and the predicted one in red."""
+    from petlab.tasks.head import drawn
+
+    pictures, titles = [], []
+    for index in indices:
+        image, true = dataset[index]
+        picture = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((256, 256))
+        pictures.append(drawn(picture, (boxes[index] * 256).tolist(), (true * 256).tolist()))
+        titles.append(f"{Path(dataset.paths[index]).name}\nIoU {float(ious[index]):.2f}")
+    return image_grid(pictures, titles, ["black"] * len(indices), title)
+
+
+def write_box_evaluation(
+    output_dir: Path, boxes: torch.Tensor, targets: torch.Tensor, dataset: Any, experiment: Any | None = None,
+    step: int = 0, count: int = 8, seed: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """Per-image IoU of the predicted head boxes (``per_image_iou.csv``), drawn boxes (random and worst
+    IoU), a histogram of the IoU and the learning curves; returns the per-image table. Test images whose
+    box the evaluation crop cut off have no IoU (NaN) and are left out of the figures."""
+    from petlab.tasks.head import has_box, paired_iou
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    boxed = has_box(targets)
+    ious = torch.full((len(targets),), torch.nan, dtype=torch.float64)
+    ious[boxed] = paired_iou(boxes[boxed], targets[boxed]).double()
+    names = [Path(p).name for p in dataset.paths[: len(ious)]]
+    table = pd.DataFrame({"image": names, "iou": ious.numpy().round(4)})
+    table.to_csv(output_dir / "per_image_iou.csv", index=False)
+    counted = boxed.nonzero().flatten()
+    worst = counted[ious[counted].argsort()[:count]].tolist()
+    chosen = np.random.default_rng(seed).choice(len(counted), size=min(count, len(counted)), replace=False)
+    figures = {
+        "sample_predictions": box_grid(dataset, boxes, ious, counted[chosen].tolist(), "Sample predictions (test)"),
+        "worst_iou": box_grid(dataset, boxes, ious, worst, "Lowest IoU (test)"),
+        "iou_histogram": iou_histogram(ious[counted], "IoU of the predicted head box"),
+    }
+    save_figures(output_dir, figures, experiment, step, "iou")
+    return table
+
+
 def write_segmentation_evaluation(
     task: Any, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None = None,
     step: int = 0, count: int = 6, seed: int = 0,
@@ -242,20 +303,15 @@ def write_segmentation_evaluation(
     pd.DataFrame({"image": names, "iou": ious.numpy().round(4), "pet_iou": pet_iou}).to_csv(
         output_dir / "per_image_iou.csv", index=False
     )
-    worst = ious.argsort()[:count].tolist()
-    sample = np.random.default_rng(seed).choice(len(ious), size=min(count, len(ious)), replace=False).tolist()
-    histogram = Figure(figsize=(6, 3.5))
-    axes = histogram.subplots()
-    axes.hist(ious.numpy(), bins=20, range=(0, 1), color="tab:blue")
-    axes.set_xlabel("mean IoU of the image")
-    axes.set_ylabel("images")
-    axes.set_title(f"Test images by IoU (mean {float(ious.mean()):.3f})")
-    histogram.tight_layout()
+    counted = ious.isfinite().nonzero().flatten()
+    worst = counted[ious[counted].argsort()[:count]].tolist()
+    chosen = np.random.default_rng(seed).choice(len(counted), size=min(count, len(counted)), replace=False)
     figures = {
-        "sample_predictions": mask_grid(task, dataset, predictions, ious, sample, "Sample predictions (test)"),
+        "sample_predictions": mask_grid(task, dataset, predictions, ious, counted[chosen].tolist(),
+                                        "Sample predictions (test)"),
         "worst_iou": mask_grid(task, dataset, predictions, ious, worst, "Lowest IoU (test)"),
-        "iou_histogram": histogram,
-    }
+        "iou_histogram": iou_histogram(ious[counted], "mean IoU of the image"),
+    }  # fmt: skip
     save_figures(output_dir, figures, experiment, step, "miou")
     if experiment is not None:
         for name, iou in zip(table["class"], table["iou"], strict=True):

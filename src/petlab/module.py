@@ -14,12 +14,18 @@ from petlab.errors import PetlabError
 from petlab.models import create_backbone, parameter_counts
 from petlab.precision import uses_channels_last
 from petlab.tasks import Task
+from petlab.tasks.base import fp32
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STAGES = ("train", "val", "test")
 CHECKPOINT_FORMAT = 2  # 1: petlab's first release, one classifier before backbones and tasks
 NORMALIZATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def metric_key(stage: str, name: str) -> str:
+    """The ModuleDict key of a stage's metric (no "." or "/" in module names)."""
+    return f"{stage}_{name.replace('/', '-')}"
 
 
 def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -75,12 +81,14 @@ class PetModule(L.LightningModule):
         # rebuild the same splits (set by the entry point).
         self.data_config: dict[str, Any] = {}
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        # Keyed "train_acc", not "train/acc": a ModuleDict key may contain neither "/" nor shadow nn.Module.train.
+        # Keyed "train_acc", not "train/acc": a ModuleDict key may not shadow nn.Module.train; a joint
+        # task's "species/acc" becomes "train_species-acc" (see metric_key).
         self.stage_metrics = nn.ModuleDict()
+        self.logged_names: dict[str, tuple[str, str]] = {}  # key -> (stage, metric name)
         for stage in STAGES:
-            self.stage_metrics[f"{stage}_loss"] = MeanMetric()
-            for name, metric in task.metrics(stage).items():
-                self.stage_metrics[f"{stage}_{name}"] = metric
+            for name, metric in {"loss": MeanMetric(), **task.metrics(stage)}.items():
+                self.stage_metrics[metric_key(stage, name)] = metric
+                self.logged_names[metric_key(stage, name)] = (stage, name)
         self.kept: list[dict[str, torch.Tensor]] = []
         self.test_outputs: dict[str, torch.Tensor] = {}
         # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
@@ -136,16 +144,16 @@ class PetModule(L.LightningModule):
         if self.uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
         # Under bf16/fp16 autocast the outputs come out in low precision: the loss and metrics use fp32.
-        outputs = self(images).float()
+        outputs = fp32(self(images))
         targets = self.task.encode_targets(targets)
         loss = self.task.loss(outputs, targets)
-        for name, metric in self.stage_metrics.items():
-            metric_stage, _, metric_name = name.partition("_")
+        for key, metric in self.stage_metrics.items():
+            metric_stage, metric_name = self.logged_names[key]
             if metric_stage != stage:
                 continue
             # Updated only: logged with on_epoch, Lightning computes each once an epoch, not per batch.
             if metric_name == "loss":
-                metric.update(loss, weight=len(targets))
+                metric.update(loss, weight=len(images))
             else:
                 metric.update(outputs, targets)
             shown = metric_name == "loss" or metric_name in self.task.metric_names  # test-only extras: files only
@@ -163,7 +171,7 @@ class PetModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        value = self.stage_metrics["val_" + self.task.monitor.partition("/")[2]].compute()
+        value = self.stage_metrics[metric_key("val", self.task.monitor.partition("/")[2])].compute()
         if (value > self.monitor_best) if self.task.mode == "max" else (value < self.monitor_best):
             self.monitor_best.fill_(value)
             self.best_epoch_buffer.fill_(self.current_epoch)

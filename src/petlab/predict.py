@@ -53,10 +53,11 @@ def predict_files(
 
     from petlab.data.transforms import ItemTransform, load_rgb
     from petlab.precision import autocast, resolve_precision, uses_channels_last
+    from petlab.tasks.base import fp32
 
     task = checkpoint.task
-    transform = ItemTransform(checkpoint.side, crop=None if task.dense else checkpoint.image_size)
-    if task.dense and output_dir is None:
+    transform = ItemTransform(checkpoint.side, crop=None if task.spatial else checkpoint.image_size)
+    if task.spatial and output_dir is None:
         raise PetlabError(f"a {task.kind} model writes its answers as files: give output_dir=DIR")
     stems: set[str] = set()
     memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
@@ -75,18 +76,26 @@ def predict_files(
             if memory_format is not None:
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
-                outputs = checkpoint.model(batch).float()
+                outputs = fp32(checkpoint.model(batch))
             images = list(originals.values())
             answers = dict(zip(originals, task.predictions(outputs, images, top_k), strict=True))
             for row, (position, image) in enumerate(originals.items()):
-                if task.dense:
+                if task.spatial:
                     stem = unique_stem(chunk[position].stem, stems, make_output_dir(output_dir))
-                    answers[position].update(task.write_prediction(outputs[row], image, output_dir, stem))
+                    written = task.write_prediction(item_outputs(outputs, row), image, output_dir, stem)
+                    for name, files in written.items():
+                        answer = answers[position]
+                        answer[name] = {**answer[name], **files} if isinstance(files, dict) else files
         for position, path in enumerate(chunk):
             if position in answers:
                 yield {"image": str(path), **answers[position]}
             else:
                 yield {"image": str(path), "error": "not a readable image: skipped"}
+
+
+def item_outputs(outputs: Any, row: int) -> Any:
+    """One image's outputs of a batch's (one tensor, or one per head of a joint task)."""
+    return {name: value[row] for name, value in outputs.items()} if isinstance(outputs, dict) else outputs[row]
 
 
 def make_output_dir(output_dir: Path) -> Path:
@@ -140,7 +149,7 @@ def main(cfg: DictConfig) -> None:
     if not files:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     results = []
-    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.dense else None
+    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.spatial else None
     for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir):
         if "error" in result:
             print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
@@ -153,7 +162,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.output == "table":
         print_table(checkpoint.task, results)
     if output_dir is not None:
-        print(f"Masks and overlays written to {output_dir}", file=sys.stderr)
+        print(f"Pictures of the answers written to {output_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -103,16 +103,16 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
                      axis=1)  # fmt: skip
 
 
-def rankings(runs: pd.DataFrame, metric: str | None) -> list[tuple[str, pd.DataFrame]]:
+def rankings(runs: pd.DataFrame, metric: str | None, also: Sequence[str] = ()) -> list[tuple[str, pd.DataFrame]]:
     """(metric, summary) for each group of runs ranked together: all of them by ``metric``, or, without
     one, the runs monitoring each metric by its best value (runs of species and of segmentation, say,
-    are ranked apart, each by its own task's metric)."""
+    are ranked apart, each by its own task's metric). Each summary also gives the metrics ``also`` names."""
     if metric:
-        return [(metric, summarise(runs, metric))]
+        return [(metric, summarise(runs, metric, also))]
     monitored = sorted(set(runs["monitor"].dropna())) or [DEFAULT_METRIC]
     if len(monitored) == 1:
-        return [(monitored[0], summarise(runs, monitored[0]))]
-    return [(name, summarise(runs[runs["monitor"] == name], name)) for name in monitored]
+        return [(monitored[0], summarise(runs, monitored[0], also))]
+    return [(name, summarise(runs[runs["monitor"] == name], name, also)) for name in monitored]
 
 
 LOWER_IS_BETTER = ("loss", "seconds", "params_")
@@ -126,16 +126,23 @@ def lower_is_better(runs: pd.DataFrame, metric: str) -> bool:
     return any(word in metric for word in LOWER_IS_BETTER)
 
 
-def summarise(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled), best first."""
+def summarise(runs: pd.DataFrame, metric: str, also: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled), best first;
+    with the mean and standard deviation of the metrics ``also`` names beside it."""
     ignored = ("run", "status", "error", "monitor", "monitor_mode", *REPLICATE_KEYS)
     keys = [c for c in runs.columns if not is_metric(c) and c not in ignored]
+    shown = [metric, *(name for name in also if name != metric and name in runs.columns)]
+    columns = [*keys, "runs", *(f"{name} {stat}" for name in shown for stat in ("mean", "std"))]
     done = runs[runs["status"] == "completed"]
     if done.empty or metric not in done.columns:
-        return pd.DataFrame(columns=[*keys, "runs", f"{metric} mean", f"{metric} std"])
-    grouped = done.groupby(keys, dropna=False)[metric]
-    table = grouped.agg(["count", "mean", "std"]).reset_index()
-    table.columns = [*keys, "runs", f"{metric} mean", f"{metric} std"]
+        return pd.DataFrame(columns=columns)
+    grouped = done.groupby(keys, dropna=False)
+    table = grouped[metric].count().rename("runs").to_frame()
+    for name in shown:
+        table[f"{name} mean"], table[f"{name} std"] = grouped[name].mean(), grouped[name].std()
+    # A metric these runs do not have (another task's) would only add empty columns.
+    empty = [f"{name} {stat}" for name in shown[1:] if table[f"{name} mean"].isna().all() for stat in ("mean", "std")]
+    table = table.reset_index()[columns].drop(columns=empty)
     return table.sort_values(f"{metric} mean", ascending=lower_is_better(runs, metric)).round(4)
 
 
@@ -154,11 +161,13 @@ def chart(sections: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
     return figure
 
 
-def write_report(runs: pd.DataFrame, output_dir: Path, metric: str | None) -> list[tuple[str, pd.DataFrame]]:
+def write_report(
+    runs: pd.DataFrame, output_dir: Path, metric: str | None, also: Sequence[str] = ()
+) -> list[tuple[str, pd.DataFrame]]:  # fmt: skip
     """Write report.csv (every run), report.md (summaries and runs) and report.png; return the summaries
     (see :func:`rankings`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    sections = rankings(runs, metric)
+    sections = rankings(runs, metric, also)
     runs = runs.drop(columns=["monitor", "monitor_mode"])
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     markdown = []
@@ -181,15 +190,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="the metric to rank and chart (default: the best value of the runs' "
         "monitored metric, val/acc_best for classification)",
     )
+    parser.add_argument(
+        "--also",
+        default="",
+        help="more metrics to give the mean and std of per configuration, comma-separated "
+        "(e.g. test/acc,test/species/acc to compare a task alone with the same head of a joint model)",
+    )
     parser.add_argument("--output", type=Path, help="where to write report.csv/md/png (default: the first directory)")
     args = parser.parse_args(argv)
+    also = [name for name in args.also.split(",") if name]
     try:
         runs = collect_runs(args.directories)
         known = [column for column in runs.columns if is_metric(column)]
-        if args.metric and (runs["status"] == "completed").any() and args.metric not in known:
-            raise PetlabError(f"unknown --metric {args.metric}: these runs have {', '.join(known)}")
+        for name in ([args.metric] if args.metric else []) + also:
+            if (runs["status"] == "completed").any() and name not in known:
+                raise PetlabError(f"unknown metric {name}: these runs have {', '.join(known)}")
         output = args.output or Path(args.directories[0])
-        sections = write_report(runs, output, args.metric)
+        sections = write_report(runs, output, args.metric, also)
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     tasks = sorted(set(runs["task"]) - {""})

@@ -16,7 +16,7 @@ import yaml
 from hydra.core.config_store import ConfigStore
 
 from petlab.config import config_dir, run_id
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, shown
 
 RESUME_CONFIG = "petlab_resume"
 RECORD_PREFIX = "resume-"
@@ -159,16 +159,15 @@ FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "name"): "t
                ("task", "monitor"): "task.monitor", ("task", "mode"): "task.mode",
                ("image_size",): "data.image_size", ("mean",): "the normalisation mean",
                ("std",): "the normalisation std",
-               ("norm_bias_weight_decay",): "model.norm_bias_weight_decay"}  # fmt: skip
+               ("norm_bias_weight_decay",): "model.norm_bias_weight_decay",
+               ("task", "decoder_channels"): "task.decoder_channels", ("task", "heads"): "task.heads",
+               ("task", "options"): "task.options (the heads' own settings and classes)"}  # fmt: skip
 ABSENT = object()  # a setting the checkpoint (an older one) or the config does not have: not compared
 FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin")
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        more = f", ... ({len(value)} in all)" if len(value) > 4 else ""
-        return f"[{', '.join(map(str, value[:4]))}{more}]"
-    return str(value)
+    return shown(list(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _lookup(settings: Any, path: tuple[str, ...]) -> Any:

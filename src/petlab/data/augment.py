@@ -18,7 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from petlab.data.boxes import transform_boxes
 from petlab.errors import PetlabError
+
+# A batch's targets: one tensor (labels, masks or boxes), several by name, or none.
+Targets = torch.Tensor | Mapping[str, torch.Tensor] | None
 
 OPTIONS = ("crop_scale", "hflip", "rotation", "color_jitter")
 ASPECT_RATIOS = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop range
@@ -85,23 +89,21 @@ class BatchAugmentation:
     def _jitter(self, count: int, device: torch.device) -> torch.Tensor:
         return self._uniform(count, 1 - self.color_jitter, 1 + self.color_jitter).view(count, 1, 1, 1).to(device)
 
-    def __call__(
-        self, images: torch.Tensor, masks: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size);
-        with their (N, S, S) uint8 ``masks`` moved by the same crop, flip and rotation (nearest neighbour;
-        pixels from outside the image become 0, which no task counts), or None. Colour touches images only."""
+    def __call__(self, images: torch.Tensor, targets: Targets = None) -> tuple[torch.Tensor, Targets]:
+        """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size),
+        with their ``targets`` moved by the same crop, flip and rotation (see :func:`moved`); colour
+        touches the images only."""
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        grid = sampling_grid(self._affine(count).to(device), self.image_size)
+        theta = self._affine(count).to(device)
+        grid = sampling_grid(theta, self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if masks is not None:
-            moved = F.grid_sample(
-                masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
-            )
-            masks = moved[:, 0].to(torch.uint8)
-        return self._colour(pixels), masks
+        if isinstance(targets, Mapping):
+            targets = {name: moved(target, theta, grid) for name, target in targets.items()}
+        elif targets is not None:
+            targets = moved(targets, theta, grid)
+        return self._colour(pixels), targets
 
     def _colour(self, pixels: torch.Tensor) -> torch.Tensor:
         count, device = len(pixels), pixels.device
@@ -117,6 +119,19 @@ class BatchAugmentation:
         saturation = self._jitter(count, device)
         grey = (pixels * weights).sum(dim=1, keepdim=True)
         return pixels.mul_(saturation).add_(grey.mul_(1 - saturation)).clamp_(0, 1)
+
+
+def moved(target: torch.Tensor, theta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """A batch's targets after the affine ``theta`` (sampled on ``grid``): labels (N,) as they are; masks
+    (N, S, S) uint8 resampled by nearest neighbour, pixels from outside the image 0, which no task counts;
+    boxes (N, 4) as fractions, the box around their moved corners (see :func:`transform_boxes`)."""
+    if target.ndim == 3:
+        resampled = F.grid_sample(target[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                  align_corners=False)  # fmt: skip
+        return resampled[:, 0].to(torch.uint8)
+    if target.is_floating_point():
+        return transform_boxes(target, theta)
+    return target
 
 
 def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:

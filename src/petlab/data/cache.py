@@ -15,12 +15,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rich.progress import track
 
-from petlab.data.transforms import ItemTransform, load_rgb, resized_pixels
+from petlab.data.transforms import ItemTransform, load_rgb, resized_pixels, with_mask
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
@@ -69,18 +70,19 @@ def build_cache(
 
 class CachedImageDataset(torch.utils.data.Dataset):
     """Rows ``indices`` of a decoded-image cache as uint8 CHW tensors, transformed, with their targets:
-    the integer ``targets``, or with a ``masks`` cache the trimap rows, cropped as their images (H, W).
+    the ``targets`` (integer labels, head boxes, or several by name) through ``target_transform`` (see
+    ``ItemTransform.target``), and with a ``masks`` cache the trimap rows, cropped as their images (H, W).
 
     The memmaps are opened lazily in each process (workers included), never copied into memory.
     """
 
     def __init__(
-        self, store: Path, indices: Sequence[int], targets: Sequence[int], transform: ItemTransform,
-        paths: Sequence[str] = (), masks: Path | None = None,
+        self, store: Path, indices: Sequence[int], targets: Sequence[Any], transform: ItemTransform,
+        paths: Sequence[str] = (), masks: Path | None = None, target_transform: Callable[[Any], Any] | None = None,
     ) -> None:  # fmt: skip
         self.store, self.indices, self.paths = Path(store), list(indices), list(paths)
-        self.targets = [int(t) for t in targets]
-        self.transform, self.masks = transform, masks
+        self.targets = list(targets)
+        self.transform, self.masks, self.target_transform = transform, masks, target_transform
         self._arrays: tuple[np.ndarray, np.ndarray | None] | None = None
 
     def __len__(self) -> int:
@@ -89,13 +91,15 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}  # workers open their own memory maps
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, Any]:
         if self._arrays is None:
             masks = np.load(self.masks, mmap_mode="r") if self.masks else None
             self._arrays = np.load(self.store, mmap_mode="r"), masks
         images, masks = self._arrays
         row = self.indices[item]
         pixels = torch.from_numpy(np.array(images[row])).permute(2, 0, 1)  # a copy: writable
+        target = self.targets[item] if self.target_transform is None else self.target_transform(self.targets[item])
         if masks is None:
-            return self.transform(pixels), self.targets[item]
-        return self.transform(pixels), self.transform(torch.from_numpy(np.array(masks[row]))[None])[0]
+            return self.transform(pixels), target
+        mask = self.transform(torch.from_numpy(np.array(masks[row]))[None])[0]
+        return self.transform(pixels), with_mask(target, mask)

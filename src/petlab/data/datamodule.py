@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import pandas as pd
@@ -15,10 +15,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from petlab.config import whole_number
 from petlab.data.augment import BatchAugmentation
+from petlab.data.boxes import parse_box
 from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_cache_path
 from petlab.data.download import download_dataset
 from petlab.data.index import DEFAULT_MAX_IMAGE_PIXELS, allow_image_pixels, build_index, split_folders
-from petlab.data.masks import read_trimap, resized_mask, trimap_path
+from petlab.data.masks import MASKS, trimap_at, trimap_path
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
 from petlab.data.splits import assign_splits
@@ -37,8 +38,24 @@ from petlab.errors import PetlabError
 log = logging.getLogger(__name__)
 
 LABELS = ("species", "breed")  # the label columns of the pets layout
-MASKS = "trimap"  # per-pixel targets: annotations/trimaps (see petlab.data.masks)
-TARGETS = (*LABELS, MASKS)
+BOXES = "box"  # head boxes: annotations/xmls (see petlab.data.boxes)
+TARGETS = (*LABELS, MASKS, BOXES)
+
+
+class Annotation(NamedTuple):
+    """A target the release annotates in files of its own, under ``annotations/``."""
+
+    folder: str
+    suffix: str
+    column: str  # the index column saying why an image's cannot be used ("" when it can)
+    task: str  # the task that reads it
+    what: str  # what the files hold, for messages
+
+
+ANNOTATED = {
+    MASKS: Annotation("trimaps", "png", "trimap", "segmentation", "trimaps"),
+    BOXES: Annotation("xmls", "xml", "box_problem", "head", "head boxes"),
+}
 NORMALIZATIONS = ("imagenet", "dataset")
 
 
@@ -120,7 +137,14 @@ class PetDataModule(L.LightningDataModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.target = _choice("task.target", target, TARGETS)
+        # One target (items: image, target), or several for a joint task (items: image, {target: value}).
+        self.targets = [target] if isinstance(target, str) else list(target)
+        for name in self.targets:
+            _choice("task.target", name, TARGETS)
+        self.target, self.joint = self.targets[0], len(self.targets) > 1
+        if self.joint and layout != "pets":
+            raise PetlabError("task=joint reads the species and breed from file names and the release's "
+                              "annotations: it needs data.layout=pets (an Oxford-IIIT Pet copy)")  # fmt: skip
         self.layout = _choice("data.layout", layout, ("pets", "folder"))
         self.upsample = _choice("data.upsample", upsample, UPSAMPLING)
         self.normalize = _choice("data.normalize", normalize, NORMALIZATIONS)
@@ -130,9 +154,10 @@ class PetDataModule(L.LightningDataModule):
         self.max_image_pixels = max_image_pixels
         if download and layout != "pets":
             raise PetlabError("data.download=true fetches Oxford-IIIT Pet; it needs data.layout=pets")
-        if target == MASKS and upsample != "none":
-            raise PetlabError(f"data.upsample={upsample} balances the classes of a label; per-pixel targets "
-                              "(task=segmentation) need data.upsample=none")  # fmt: skip
+        if (self.joint or self.target in ANNOTATED) and upsample != "none":
+            task = "joint" if self.joint else ANNOTATED[self.target].task
+            raise PetlabError(f"data.upsample={upsample} balances the classes of one label; task={task} needs "
+                              "data.upsample=none")  # fmt: skip
         self.root = Path(root).expanduser()
         self.image_size, self.batch_size = image_size, batch_size
         self.num_workers = resolve_num_workers(num_workers, cached=bool(cache) and cache_dir is not None)
@@ -152,6 +177,7 @@ class PetDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.report: DataReport | None = None
         self.class_names: list[str] = []
+        self.label_classes: dict[str, list[str]] = {}  # the classes of each label target
         # Explicit statistics (a checkpoint's, when evaluating) take precedence over ``normalize``.
         self.fixed_stats = mean is not None and std is not None
         self.mean = list(mean) if self.fixed_stats else list(IMAGENET_MEAN)
@@ -165,30 +191,45 @@ class PetDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
-        if self.target == MASKS:
-            self._require_trimaps()
+        annotated = [ANNOTATED[target] for target in self.targets if target in ANNOTATED]
+        for annotation in annotated:
+            self._require_annotations(annotation)
         index = build_index(self.root, self.cache_dir, self.layout, self.max_image_pixels)
         frame = index[index["readable"]].copy()
         skipped = index.loc[~index["readable"], ["name", "problem"]]
-        if self.target == MASKS:  # images without a usable trimap are left out of this task, and listed
-            unusable = frame[frame["trimap"] != ""]
-            reasons = "not used for segmentation: " + unusable["trimap"]
-            skipped = pd.concat([skipped, unusable[["name"]].assign(problem=reasons)])
-            frame = frame[frame["trimap"] == ""].copy()
+        if not self.joint:  # a joint model keeps such images for its other heads (see the notes below)
+            for annotation in annotated:
+                unusable = frame[frame[annotation.column] != ""]
+                reasons = f"not used for {annotation.task}: " + unusable[annotation.column]
+                skipped = pd.concat([skipped, unusable[["name"]].assign(problem=reasons)])
+                frame = frame[frame[annotation.column] == ""].copy()
         warn_skipped(skipped)
         if frame.empty:
-            raise PetlabError(
-                f"no readable images in {self.root}" + (" with a usable trimap" if self.target == MASKS else "")
-            )
-        if self.layout == "pets":
-            frame["label"] = frame["species" if self.target == MASKS else self.target]
+            usable = f" with usable {annotated[0].what}" if annotated else ""
+            raise PetlabError(f"no readable images in {self.root}{usable}")
+        if self.layout == "pets":  # several targets, and annotated ones, are split by species
+            frame["label"] = frame["species" if annotated or self.joint else self.target]
         self.class_names = sorted(frame["label"].unique())
-        if len(self.class_names) < 2 and self.target != MASKS:
+        if len(self.class_names) < 2 and not annotated:
             raise PetlabError(f"{self.root} has only one class ({self.class_names[0]}); a classifier needs two")
         frame["target"] = frame["label"].map({name: i for i, name in enumerate(self.class_names)})
+        self.label_classes = (
+            {target: sorted(frame[target].unique()) for target in self.targets if target in LABELS}
+            if self.joint else {} if annotated else {self.target: self.class_names}
+        )  # fmt: skip
+        if BOXES in self.targets:
+            frame["box_target"] = frame["box"].map(parse_box)
+        if self.joint:
+            columns = zip(*(self._column(key, frame) for key in self.item_keys), strict=True)
+            frame["target"] = [dict(zip(self.item_keys, values, strict=True)) for values in columns]
+        elif self.target == BOXES:
+            frame["target"] = frame["box_target"]
+        # The release has head boxes for trainval images only: the official test split would be empty.
+        carve_test = BOXES in self.targets and self.split == "official"
         frame["split"] = assign_splits(
-            frame, "label", self.split, self.val_fraction, self.test_fraction, self.seed, self.folds, self.fold
-        )
+            frame, "label", self.split, self.val_fraction, self.test_fraction, self.seed, self.folds, self.fold,
+            carve_test=carve_test,
+        )  # fmt: skip
         unused = int((frame["split"] == "").sum())
         frame = frame[frame["split"] != ""]
         if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
@@ -200,10 +241,10 @@ class PetDataModule(L.LightningDataModule):
             if seconds:
                 log.info(f"Decoded-image cache built in {seconds:.1f} s: {self.store} "
                          f"({self.store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
-            if self.target == MASKS:
+            if MASKS in self.targets:
                 self.mask_store, _ = build_cache(
-                    [str(trimap_path(self.root, name)) for name in frame["name"]], self.side,
-                    mask_cache_path(self.store), lambda path: resized_mask(read_trimap(path), self.side), "trimaps",
+                    self._trimap_paths(frame), self.side, mask_cache_path(self.store),
+                    lambda path: trimap_at(path, self.side), "trimaps",
                 )  # fmt: skip
         frame["cache_row"] = range(len(frame))
         self.frame = frame
@@ -212,7 +253,7 @@ class PetDataModule(L.LightningDataModule):
             source = "cache" if self.store else "files"
             key = "\0".join([fingerprint, source, str(self.image_size), str(self.side), *train["path"]])
             transform = unnormalised(self.image_size, self.side)
-            images = self._dataset(train, transform, with_masks=False)
+            images = self._dataset(train, transform, with_targets=False)
             self.mean, self.std = channel_stats(images, self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
         self.datasets = {
@@ -224,6 +265,16 @@ class PetDataModule(L.LightningDataModule):
             self.datasets["train"] = ConcatDataset([self.datasets["train"], extra])
             synthetic = pd.Series([self.class_names[t] for _, t in extra.sources]).value_counts().to_dict()
         notes = [f"{unused} images are in no split of data.split={self.split} and are not used."] if unused else []
+        if carve_test:
+            boxed = "" if self.joint else "boxed "
+            notes.append(f"The official test images have no head boxes: the test split is "
+                         f"data.test_fraction={self.test_fraction} of the {boxed}trainval images, by species, "
+                         f"seed {self.seed}.")  # fmt: skip
+        for annotation in annotated if self.joint else ():
+            missing = int((frame[annotation.column] != "").sum())
+            if missing:
+                notes.append(f"{missing} of the {len(frame)} images have no usable {annotation.what}: the "
+                             f"{annotation.task} head learns and is measured without them.")  # fmt: skip
         if self.layout == "folder" and self.split == "official":
             notes.append(split_folder_note(self.root))
         if self.upsample != "none":
@@ -236,27 +287,50 @@ class PetDataModule(L.LightningDataModule):
         crop = None if train and self.batch_augmentation.active else self.image_size
         return ItemTransform(self.side, crop)
 
-    def _require_trimaps(self) -> None:
-        folder = self.root / "annotations" / "trimaps"
-        if self.layout != "pets" or not folder.is_dir() or not any(folder.glob("*.png")):
+    def _require_annotations(self, annotation: Annotation) -> None:
+        folder = self.root / "annotations" / annotation.folder
+        if self.layout != "pets" or not folder.is_dir() or not any(folder.glob(f"*.{annotation.suffix}")):
             raise PetlabError(
-                f"task=segmentation needs the release's trimaps, and there are none at {folder}: use an "
-                "Oxford-IIIT Pet copy with annotations/trimaps/ (data=oxford_pet, or data=sample)"
+                f"task={annotation.task} needs the release's {annotation.what}, and there are none at {folder}: "
+                f"use an Oxford-IIIT Pet copy with annotations/{annotation.folder}/ (data=oxford_pet, or data=sample)"
             )
 
-    def _dataset(self, part: pd.DataFrame, transform: ItemTransform, with_masks: bool = True) -> Dataset:
-        """The images of ``part`` with their targets (trimaps for ``target=trimap``, unless not ``with_masks``):
-        from the decoded-image cache when there is one, else decoded from files."""
-        masks = with_masks and self.target == MASKS
+    @property
+    def item_keys(self) -> list[str]:
+        """The targets of an item that the frame holds (trimaps come from their own files or cache)."""
+        return [target for target in self.targets if target != MASKS]
+
+    def _column(self, target: str, frame: pd.DataFrame) -> list[Any]:
+        """Every row's value of one target: a class index of a label, or a box (NaN where none)."""
+        if target == BOXES:
+            return frame["box_target"].tolist()
+        classes = {name: i for i, name in enumerate(self.label_classes[target])}
+        return frame[target].map(classes).tolist()
+
+    def _trimap_paths(self, part: pd.DataFrame) -> list[str]:
+        """The trimap file of each row ("" where it has no usable one: its mask is all 0, counted nowhere)."""
+        return [str(trimap_path(self.root, name)) if problem == "" else ""
+                for name, problem in zip(part["name"], part["trimap"], strict=True)]  # fmt: skip
+
+    def _dataset(self, part: pd.DataFrame, transform: Any, with_targets: bool = True) -> Dataset:
+        """The images of ``part`` with their targets as the ``transform``ed image sees them (an
+        :class:`ItemTransform`: the trimaps cropped, the boxes moved), from the decoded-image cache when there
+        is one, else decoded from files. Without ``with_targets`` (for statistics) the targets are as stored."""
+        masks = with_targets and MASKS in self.targets
+        target_transform = transform.target if with_targets else None
         if self.store is not None:
             return CachedImageDataset(self.store, part["cache_row"].tolist(), part["target"].tolist(), transform,
-                                      part["path"].tolist(), self.mask_store if masks else None)  # fmt: skip
-        mask_paths = [str(trimap_path(self.root, name)) for name in part["name"]] if masks else None
-        return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform, mask_paths)
+                                      part["path"].tolist(), self.mask_store if masks else None,
+                                      target_transform)  # fmt: skip
+        mask_paths = self._trimap_paths(part) if masks else None
+        return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform, mask_paths, target_transform)
 
     def task_arguments(self) -> dict[str, Any]:
-        """What the task is built with from the data: the class names of a label (nothing for trimaps)."""
-        return {} if self.target == MASKS else {"class_names": self.class_names}
+        """What the task is built with from the data: the class names of a label (nothing for annotations),
+        or for several targets the classes of each label among them."""
+        if self.joint:
+            return {"label_classes": self.label_classes}
+        return {} if self.target in ANNOTATED else {"class_names": self.class_names}
 
     @property
     def has_test(self) -> bool:
@@ -301,7 +375,4 @@ class PetDataModule(L.LightningDataModule):
         # The model summary's example input passes here too: a bare tensor, not a training batch.
         if trainer is None or not trainer.training or not self.batch_augmentation.active or torch.is_tensor(batch):
             return batch
-        images, targets = batch
-        if self.target == MASKS:
-            return self.batch_augmentation(images, targets)
-        return self.batch_augmentation(images)[0], targets
+        return self.batch_augmentation(*batch)

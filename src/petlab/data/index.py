@@ -1,7 +1,7 @@
 """A pandas index of an Oxford-IIIT Pet style dataset: one row per file in ``images/``.
 
 Labels come from file names (the dataset's own rule); ``annotations/list.txt`` is only cross-checked.
-Every image (and its trimap) is opened once while indexing, so unreadable files are found before training,
+Every image (and its trimap and head box) is opened once while indexing, so unreadable files are found before training,
 never mid-epoch.
 The index is cached outside the dataset directory and rebuilt when any file in it changes.
 """
@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
 from petlab.config import whole_number
+from petlab.data.boxes import box_text, head_box_path, read_head_box
 from petlab.data.labels import SPECIES, breed_of, species_of
 from petlab.data.masks import trimap_path, trimap_problem
 from petlab.errors import PetlabError
@@ -28,10 +29,11 @@ from petlab.files import remove_stale_partials, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-# trimap: why the image's trimap cannot be used ("" when it can; see petlab.data.masks).
+# trimap: why the image's trimap cannot be used ("" when it can; see petlab.data.masks); box: its head box
+# as fractions of the image ("" when none), box_problem: why there is none or it cannot be used.
 INDEX_COLUMNS = ["path", "name", "species", "breed", "label", "official_split", "width", "height", "mode",
-                 "readable", "problem", "trimap"]  # fmt: skip
-INDEX_VERSION = 4
+                 "readable", "problem", "trimap", "box", "box_problem"]  # fmt: skip
+INDEX_VERSION = 5
 # PIL's own decompression-bomb limit (it refuses images over twice its MAX_IMAGE_PIXELS); data.max_image_pixels.
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 
@@ -133,7 +135,7 @@ def _row(path: Path, name: str, problem: str, max_pixels: int, **labels: str) ->
     row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
     row.update(labels)
     return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem,
-            "trimap": "no trimap"}  # fmt: skip
+            "trimap": "no trimap", "box": "", "box_problem": "no head box"}  # fmt: skip
 
 
 def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
@@ -156,6 +158,8 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
                    official_split=annotations.split.get(name, ""))  # fmt: skip
         if row["readable"]:
             row["trimap"] = trimap_problem(trimap_path(root, name), row["width"], row["height"])
+            box, row["box_problem"] = read_head_box(head_box_path(root, name), row["width"], row["height"])
+            row["box"] = box_text(box)
         rows.append(row)
     present = {row["name"] for row in rows}
     missing = sorted(set(annotations.split) - present)
@@ -237,8 +241,8 @@ def build_index(
         files = [Path(e.path) for e in os.scandir(images) if e.is_file()]
         annotations = root / "annotations"
         fingerprinted = files + (sorted(annotations.glob("*.txt")) if annotations.is_dir() else [])
-        trimaps = annotations / "trimaps"
-        fingerprinted += [Path(e.path) for e in os.scandir(trimaps) if e.is_file()] if trimaps.is_dir() else []
+        for folder in (annotations / "trimaps", annotations / "xmls"):
+            fingerprinted += [Path(e.path) for e in os.scandir(folder) if e.is_file()] if folder.is_dir() else []
     else:
         files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
         fingerprinted = files

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+MASKS = "trimap"  # the target name of per-pixel masks (task.target, and their key in a joint item)
 OUTSIDE, PET, BACKGROUND, BORDER = 0, 1, 2, 3
 TRIMAP_VALUES = (PET, BACKGROUND, BORDER)
 
@@ -48,3 +49,9 @@ def trimap_problem(path: Path, width: int, height: int) -> str:
 def resized_mask(values: np.ndarray, side: int) -> np.ndarray:
     """A trimap resized to ``side`` x ``side`` by nearest neighbour (no value is invented between classes)."""
     return np.array(Image.fromarray(values).resize((side, side), Image.NEAREST))
+
+
+def trimap_at(path: str, side: int) -> np.ndarray:
+    """The trimap at ``path`` resized to ``side`` x ``side``; all :data:`OUTSIDE` (counted nowhere) for no
+    path, an image that has no usable trimap."""
+    return resized_mask(read_trimap(path), side) if path else np.zeros((side, side), dtype=np.uint8)

@@ -44,12 +44,14 @@ def stratified_assign(labels: pd.Series, fractions: dict[str, float], seed: int)
 
 def assign_splits(
     index: pd.DataFrame, label_column: str, split: str, val_fraction: float, test_fraction: float, seed: int,
-    folds: int = 0, fold: int = 0,
+    folds: int = 0, fold: int = 0, carve_test: bool = False,
 ) -> pd.Series:  # fmt: skip
     """The split ("train", "val", "test" or "" for unused) of every row of ``index``.
 
     With ``folds=K`` (K >= 2) the images that would be train or validation are cut into K stratified,
     seeded folds instead: fold ``fold`` is validation, the others train; the test split is unchanged.
+    ``carve_test``: the official split's test images are not used, and ``test_fraction`` of its
+    trainval images are the test split instead (for targets the release gives trainval images only).
     """
     if folds and (folds < 2 or not 0 <= fold < folds):
         raise PetlabError(f"data.folds={folds} data.fold={fold}: need folds >= 2 and 0 <= fold < folds")
@@ -65,7 +67,7 @@ def assign_splits(
         fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         result = stratified_assign(labels, fractions, seed)
     else:
-        result = _official(index, labels, val_fraction, seed)
+        result = _official(index, labels, val_fraction, test_fraction if carve_test else None, seed)
     if folds:
         pool = result.isin(["train", "val"])
         names = [str(i) for i in range(folds)]
@@ -74,8 +76,11 @@ def assign_splits(
     return result
 
 
-def _official(index: pd.DataFrame, labels: pd.Series, val_fraction: float, seed: int) -> pd.Series:
-    """The dataset's own split: trainval (validation carved out of it), or train/val/test folders."""
+def _official(
+    index: pd.DataFrame, labels: pd.Series, val_fraction: float, test_fraction: float | None, seed: int
+) -> pd.Series:  # fmt: skip
+    """The dataset's own split: trainval (validation, and with a ``test_fraction`` the test split, carved
+    out of it), or train/val/test folders."""
     result = pd.Series("", index=index.index, dtype=object)
     official = index["official_split"]
     trainval = official == "trainval"
@@ -84,7 +89,10 @@ def _official(index: pd.DataFrame, labels: pd.Series, val_fraction: float, seed:
             "data.split=official needs the dataset's own split (annotations/trainval.txt, or train/ and "
             "test/ folders); use data.split=random for a dataset without one"
         )
-    result[trainval] = stratified_assign(labels[trainval], {"train": 1 - val_fraction, "val": val_fraction}, seed)
-    for name in ("train", "val", "test"):
+    fractions = {"train": 1 - val_fraction, "val": val_fraction}
+    if test_fraction is not None:
+        fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    result[trainval] = stratified_assign(labels[trainval], fractions, seed)
+    for name in ("train", "val") if test_fraction is not None else ("train", "val", "test"):
         result[official == name] = name
     return result

@@ -7,11 +7,18 @@ from typing import Any
 from petlab.errors import PetlabError
 from petlab.tasks.base import Task
 from petlab.tasks.classification import Classification
+from petlab.tasks.head import HeadBox
+from petlab.tasks.joint import Joint
 from petlab.tasks.segmentation import Segmentation
 
-__all__ = ["KINDS", "Classification", "Segmentation", "Task", "task_from_spec"]
+__all__ = ["KINDS", "Classification", "HeadBox", "Joint", "Segmentation", "Task", "task_from_spec"]
 
-KINDS: dict[str, type[Task]] = {"classification": Classification, "segmentation": Segmentation}
+KINDS: dict[str, type[Task]] = {
+    "classification": Classification,
+    "segmentation": Segmentation,
+    "head": HeadBox,
+    "joint": Joint,
+}
 
 
 def task_from_spec(spec: dict[str, Any]) -> Task:

@@ -23,6 +23,15 @@ from petlab.errors import PetlabError
 from petlab.models import Backbone
 
 MODES = ("max", "min")
+# What a task's head returns: one tensor, or for several tasks trained jointly one per head, by name.
+Outputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def fp32(outputs: Outputs) -> Outputs:
+    """Outputs in fp32 (under bf16/fp16 autocast they come out in low precision)."""
+    if isinstance(outputs, dict):
+        return {name: value.float() for name, value in outputs.items()}
+    return outputs.float()
 
 
 class Task(ABC):
@@ -32,9 +41,10 @@ class Task(ABC):
 
     kind: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]  # what metrics() returns for validation, besides "loss"
-    # A dense task answers for every pixel: petlab.predict shows it the whole image at the validation
-    # scale (not the centre crop), and writes files per image (write_prediction) to an output folder.
-    dense: ClassVar[bool] = False
+    # A spatial task answers where things are (every pixel's class, a box): petlab.predict shows it the
+    # whole image at the validation scale (not the centre crop, which could cut off what it looks for),
+    # and writes pictures per image (write_prediction) to an output folder.
+    spatial: ClassVar[bool] = False
 
     def __init__(self, name: str, monitor: str, mode: str) -> None:
         stage, _, metric = monitor.partition("/")
@@ -58,6 +68,10 @@ class Task(ABC):
 
     def data_options(self) -> dict[str, Any]:
         """What the data module must be given to read this task's targets (see ``conf/data``)."""
+        return {}
+
+    def label_classes(self) -> dict[str, list[str]]:
+        """The classes this task knows for each label target it reads (none for masks and boxes)."""
         return {}
 
     def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
@@ -93,9 +107,10 @@ class Task(ABC):
         """One JSON-ready answer per image of a batch of fp32 outputs (``images`` the original PIL images,
         for answers measured at their own size)."""
 
-    def write_prediction(self, outputs: torch.Tensor, image: Any, output_dir: Path, stem: str) -> dict[str, str]:
+    def write_prediction(self, outputs: Outputs, image: Any, output_dir: Path, stem: str) -> dict[str, Any]:
         """Files for one predicted image (``outputs`` its fp32 outputs, ``image`` the original PIL image);
-        returns their paths by name. Nothing by default: ``output_dir`` is not created."""
+        returns their paths by name, added to the image's answer (a dict value is merged into the answer's
+        entry of that name). Nothing by default: ``output_dir`` is not created."""
         return {}
 
     @abstractmethod

@@ -50,6 +50,9 @@ class Classification(Task):
         return {**super().spec(), "target": self.target, "class_names": self.class_names, "hidden": self.hidden,
                 "dropout": self.dropout, "label_smoothing": self.label_smoothing}  # fmt: skip
 
+    def label_classes(self) -> dict[str, list[str]]:
+        return {self.target: self.class_names}
+
     def data_options(self) -> dict[str, Any]:
         return {"target": self.target}
 

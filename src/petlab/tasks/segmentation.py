@@ -76,7 +76,7 @@ class Segmentation(Task):
 
     kind = "segmentation"
     metric_names = ("miou", "dice", "pixel_acc")
-    dense = True
+    spatial = True
 
     def __init__(
         self, name: str, target: str = "trimap", classes: str = "foreground", decoder_channels: int = 128,
@@ -172,7 +172,8 @@ class Segmentation(Task):
         return ["image", "pet area", "mask"], rows
 
     def export_spec(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "output": "per-pixel logits, shape (N, classes, H, W)",
+        return {"class_names": self.class_names,
+                "output": "per-pixel logits, shape (N, classes, H, W): resize them to the image's size",
                 "output_names": ["logits"],
                 "trimap_values": {name: TRIMAP_VALUE[name] for name in self.class_names}}  # fmt: skip
 

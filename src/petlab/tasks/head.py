@@ -1,0 +1,175 @@
+"""Head localisation: the box around the animal's head, from the release's ``annotations/xmls`` (the
+notebook's third task).
+
+A box is (x0, y0, x1, y1) as fractions of the image the network sees; images without a box (NaN, see
+``petlab.data.boxes``) count in no loss and no metric. The head is a small MLP on the backbone's pooled
+features whose sigmoid outputs are the box's centre and size, so every output is a valid box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+from torchmetrics import Metric
+from torchvision.ops import box_area, generalized_box_iou_loss
+
+from petlab.config import real_number, whole_number
+from petlab.errors import PetlabError
+from petlab.models import Backbone
+from petlab.tasks.base import Task
+
+TRUE_COLOUR, PREDICTED_COLOUR = (40, 200, 60), (230, 30, 30)
+
+
+class BoxHead(nn.Module):
+    """Linear(hidden), ReLU, Linear(4) on the pooled features -> (x0, y0, x1, y1): sigmoids give the box's
+    centre and size, so every output is a valid box, centred in the image at the start. A box may reach
+    past the image's edge by up to half its size: clamping it here would stop the gradient of a corner
+    there, so it is clipped only where it is read (metrics, predictions)."""
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+
+    def forward(self, features: list[torch.Tensor], pooled: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        # In fp32: under bf16 autocast a coordinate would only be good to 1/256 of the image.
+        centre, extent = self.layers(pooled).float().sigmoid().split(2, dim=1)
+        return torch.cat([centre - extent / 2, centre + extent / 2], dim=1)
+
+
+def paired_iou(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """The IoU of each predicted box with its own true box, (N, 4) x (N, 4) -> (N,)."""
+    predicted, true = predicted.float(), true.float()
+    low, high = torch.maximum(predicted[:, :2], true[:, :2]), torch.minimum(predicted[:, 2:], true[:, 2:])
+    overlap = (high - low).clamp_min(0).prod(dim=1)
+    union = box_area(predicted) + box_area(true) - overlap
+    return overlap / union.clamp_min(1e-12)
+
+
+def has_box(targets: torch.Tensor) -> torch.Tensor:
+    """Which rows of (N, 4) box targets are boxes (an image without one has NaN)."""
+    return targets.isfinite().all(dim=1)
+
+
+class BoxIoU(Metric):
+    """The mean IoU of predicted and true boxes over the images that have a box; with ``threshold``, the
+    fraction of them whose IoU reaches it."""
+
+    full_state_update = False
+
+    def __init__(self, threshold: float | None = None) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        boxed = has_box(targets)
+        ious = paired_iou(outputs[boxed].clamp(0, 1), targets[boxed])
+        scores = ious if self.threshold is None else (ious >= self.threshold).float()
+        self.total += scores.sum()
+        self.count += boxed.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)
+
+
+class HeadBox(Task):
+    """One box (N, 4) per image, fractions of the input; smooth L1 x ``l1_weight`` + generalised IoU loss
+    x ``giou_weight`` over the images that have a box; metrics: mean IoU and the share with IoU >= 0.5."""
+
+    kind = "head"
+    metric_names = ("iou", "iou50")
+    spatial = True
+
+    def __init__(
+        self, name: str, target: str = "box", hidden: int = 256, l1_weight: float = 1.0, giou_weight: float = 1.0,
+        monitor: str = "val/iou", mode: str = "max",
+    ) -> None:  # fmt: skip
+        super().__init__(name, monitor, mode)
+        if target != "box":
+            raise PetlabError(f"task.target={target}: head localisation reads the head boxes, task.target=box")
+        self.hidden = whole_number("task.hidden", hidden, 1)
+        self.l1_weight = real_number("task.l1_weight", l1_weight, 0)
+        self.giou_weight = real_number("task.giou_weight", giou_weight, 0)
+        if self.l1_weight + self.giou_weight == 0:
+            raise PetlabError("task.l1_weight and task.giou_weight are both 0: give at least one a weight > 0")
+        self.target = target
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "target": self.target, "hidden": self.hidden, "l1_weight": self.l1_weight,
+                "giou_weight": self.giou_weight}  # fmt: skip
+
+    def data_options(self) -> dict[str, Any]:
+        return {"target": self.target}
+
+    def head(self, backbone: Backbone) -> nn.Module:
+        return BoxHead(backbone.num_features, self.hidden)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        boxed = has_box(targets)
+        if not boxed.any():  # no image of the batch has a box: nothing to learn, and no NaN
+            return outputs.sum() * 0
+        predicted, true = outputs[boxed], targets[boxed].to(outputs.dtype)
+        loss = outputs.new_zeros(())
+        if self.l1_weight:
+            loss = loss + self.l1_weight * F.smooth_l1_loss(predicted, true, beta=0.05)
+        if self.giou_weight:
+            loss = loss + self.giou_weight * generalized_box_iou_loss(predicted, true, reduction="mean")
+        return loss
+
+    def metrics(self, stage: str) -> dict[str, Metric]:
+        return {"iou": BoxIoU(), "iou50": BoxIoU(threshold=0.5)}
+
+    def kept_for_evaluation(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"boxes": outputs.clamp(0, 1), "targets": targets.to(outputs.dtype)}
+
+    def write_evaluation(
+        self, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None, step: int
+    ) -> None:  # fmt: skip
+        from petlab.interpret import write_box_evaluation
+
+        write_box_evaluation(output_dir, kept["boxes"], kept["targets"], dataset, experiment, step)
+
+    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
+        """The box in pixels of each original image (the network saw the whole image, resized)."""
+        answers = []
+        for box, image in zip(outputs.clamp(0, 1).tolist(), images, strict=True):
+            scale = (image.width, image.height, image.width, image.height)
+            answers.append({"box": [round(value * size, 1) for value, size in zip(box, scale, strict=True)]})
+        return answers
+
+    def write_prediction(
+        self, outputs: torch.Tensor, image: Image.Image, output_dir: Path, stem: str
+    ) -> dict[str, str]:
+        """The image with the predicted box drawn in red."""
+        (box,) = self.predictions(outputs[None], [image], 1)
+        path = output_dir / f"{stem}_box.png"
+        drawn(image, box["box"]).save(path)
+        return {"drawn": str(path)}
+
+    def prediction_table(self, results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+        rows = [[r["image"], ", ".join(f"{value:g}" for value in r["box"]), r.get("drawn", "")] for r in results]
+        return ["image", "head box x0, y0, x1, y1 (px)", "drawn"], rows
+
+    def export_spec(self) -> dict[str, Any]:
+        return {"output": "head box, shape (N, 4): x0, y0, x1, y1 as fractions of the input's width and height "
+                          "(clip to [0, 1], then multiply by the image's width and height for pixels)",
+                "output_names": ["box"]}  # fmt: skip
+
+
+def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] | None = None) -> Image.Image:
+    """``image`` with the ``true`` box (pixels) in green and the ``predicted`` one in red."""
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 150))
+    for box, colour in ((true, TRUE_COLOUR), (predicted, PREDICTED_COLOUR)):
+        if box is not None:
+            draw.rectangle(list(box), outline=colour, width=width)
+    return picture

@@ -1,0 +1,125 @@
+"""Several tasks trained jointly: every combination trains, each head learns only from the images that have
+its target, and predict and export cover every head."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import exported_outputs, train_once
+from conftest import run_module as petlab
+from petlab.data.datamodule import PetDataModule
+from petlab.errors import PetlabError
+from petlab.tasks import Joint
+from petlab.tasks.joint import HEADS
+from petlab.train import train
+
+PAIRS = list(itertools.combinations(HEADS, 2))
+
+
+@pytest.mark.parametrize("heads", PAIRS, ids=["+".join(pair) for pair in PAIRS])
+def test_every_pair_of_heads_trains_in_fast_dev_run(make_cfg, heads: tuple[str, str]):
+    cfg = make_cfg(["task=joint", f"task.heads=[{','.join(heads)}]", "model=cnn", "trainer.fast_dev_run=true"])
+    metrics = train(cfg)
+    assert metrics["monitor"] == "val/loss" and metrics["monitor_mode"] == "min" and metrics["val/loss"] >= 0
+    for head in heads:
+        assert any(name.startswith(f"test/{head}/") for name in metrics), head
+        assert (Path(cfg.paths.output_dir) / head).is_dir(), head
+
+
+def test_a_joint_batch_mixes_images_with_and_without_a_box(sample_root: Path, tmp_path: Path):
+    module = PetDataModule(sample_root, target=["species", "trimap", "box"], image_size=32, batch_size=64,
+                           num_workers=0, split="random", cache_dir=tmp_path / "cache")  # fmt: skip
+    module.setup("fit")
+    images, targets = next(iter(module.train_dataloader()))
+    assert images.shape == (64, 3, 32, 32) and set(targets) == {"species", "trimap", "box"}
+    assert targets["trimap"].shape == (64, 32, 32) and targets["species"].dtype == torch.int64
+    boxed = targets["box"].isfinite().all(dim=1)
+    assert boxed.any() and not boxed.all()  # the release's test half has no head box
+    assert module.task_arguments() == {"label_classes": {"species": ["cat", "dog"]}}
+
+
+def test_the_joint_loss_is_the_weighted_sum_and_images_without_a_box_add_nothing():
+    task = Joint("joint", ["species", "head"], weights=[0.5, 2.0], label_classes={"species": ["cat", "dog"]})
+    outputs = {"species": torch.tensor([[2.0, 0.0], [0.0, 1.0]]),
+               "head": torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])}  # fmt: skip
+    targets = {"species": torch.tensor([0, 1]), "head": torch.tensor([[0.1, 0.1, 0.4, 0.5], [math.nan] * 4])}
+    species, head = task.tasks["species"], task.tasks["head"]
+    expected = 0.5 * species.loss(outputs["species"], targets["species"]) + 2.0 * head.loss(
+        outputs["head"][:1], targets["head"][:1]
+    )
+    assert torch.allclose(task.loss(outputs, targets), expected)
+    changed = {**outputs, "head": outputs["head"].clone()}
+    changed["head"][1] = torch.tensor([0.4, 0.4, 0.6, 0.6])  # the box-less image's box output
+    assert torch.allclose(task.loss(changed, targets), task.loss(outputs, targets))
+    metrics = task.metrics("val")
+    assert set(metrics) == {"species/acc", "head/iou", "head/iou50"}
+    assert metrics["head/iou"](outputs, targets).item() == pytest.approx(0.75)  # called directly too
+    metrics["head/iou"].update(changed, targets)
+    assert metrics["head/iou"].compute().item() == pytest.approx(0.75)  # the box-less image counts nowhere
+
+
+def test_a_joint_model_needs_the_pets_layout(tmp_path: Path):
+    with pytest.raises(PetlabError, match=r"task=joint .* needs data\.layout=pets"):
+        PetDataModule(tmp_path, target=["species", "box"], layout="folder")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"heads": ["species"]}, r"two or more different heads of: species, breed, segmentation, head"),
+        ({"heads": ["species", "species"]}, r"two or more different heads"),
+        ({"heads": ["species", "tail"]}, r"two or more different heads"),
+        ({"heads": ["species", "head"], "weights": [1.0]}, r"task\.weights has 1 values for 2 heads"),
+        ({"heads": ["species", "head"], "options": {"breed": {}}}, r"task\.options names breed"),
+        ({"heads": ["species", "head"], "options": {"head": {"target": "trimap"}}}, r"the head head reads box"),
+    ],
+)
+def test_wrong_joint_settings_are_one_clear_line(settings: dict, message: str):
+    with pytest.raises(PetlabError, match=message):
+        Joint("joint", **settings)
+
+
+def test_a_wrong_head_name_on_the_command_line_is_one_line_and_exit_2(sample_root: Path, tmp_path: Path):
+    result = petlab("petlab", "task=joint", "task.heads=[species,tail]", "data=sample", f"data.root={sample_root}",
+                    cwd=tmp_path)  # fmt: skip
+    output = result.stdout + result.stderr  # the training log goes to stdout, as the run's other lines
+    assert result.returncode == 2 and "species, breed, segmentation, head" in output and "Traceback" not in output
+
+
+@pytest.fixture(scope="module")
+def joint_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    overrides = ["task=joint", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
+    return train_once(sample_root, tmp_path_factory, overrides)
+
+
+def test_predict_gives_every_heads_answer_for_each_image(joint_run: Path, sample_root: Path, tmp_path: Path):
+    checkpoint = json.loads((joint_run / "metrics.json").read_text())["best_checkpoint"]
+    images = [sample_root / "images" / "Bengal_1.jpg", sample_root / "images" / "beagle_2.jpg"]
+    result = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]},{images[1]}]",
+                    "output=json", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == 2
+    for answer in answers:
+        assert set(answer) == {"image", "species", "breed", "segmentation", "head"}
+        assert answer["species"]["top"][0]["class"] in ("cat", "dog") and len(answer["head"]["box"]) == 4
+        assert Path(answer["segmentation"]["mask"]).is_file() and Path(answer["head"]["drawn"]).is_file()
+    table = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]",
+                   f"output_dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
+    assert table.returncode == 0 and "species: prediction" in table.stdout and "head: head box" in table.stdout
+
+
+@pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
+def test_an_exported_joint_model_gives_one_named_output_per_head(joint_run: Path, tmp_path: Path, file_format: str):
+    _, actual, expected, sidecar = exported_outputs(joint_run, file_format, tmp_path)
+    assert sidecar["output_names"] == ["species_logits", "breed_logits", "segmentation_logits", "head_box"]
+    assert len(actual) == len(expected) == 4
+    for values, wanted in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(values, wanted, atol=1e-4)
