@@ -258,7 +258,7 @@ def test_a_folder_dataset_with_one_class_is_refused(tmp_path: Path):
         ({"val_fraction": 1.2}, "val_fraction"),
         ({"crop_margin": 2}, "data.crop_margin"),
         ({"augment": {"crop_scale": [0.9, 0.5]}}, "data.augment.crop_scale"),
-        ({"augment": {"cutmix": 1.0}}, "unknown data.augment option cutmix"),
+        ({"augment": {"auto_augment": "v0"}}, "unknown data.augment option auto_augment"),
     ],
 )
 def test_impossible_options_are_one_line_errors(sample_root: Path, tmp_path: Path, options: dict, message: str):

@@ -117,6 +117,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights_path": None}
         hparams["compile"] = False
         model = PetModule(task=task, **hparams)
+        state = dict(state)
+        model.restore_best(state, content["petlab"])
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise PetlabError(

@@ -135,6 +135,13 @@ def whole_number(name: str, value: Any, minimum: int, maximum: int | None = None
     return value
 
 
+def switch(name: str, value: Any) -> bool:
+    """``value`` if it is true or false; else a PetlabError naming the key."""
+    if not isinstance(value, bool):
+        raise PetlabError(f"{name}={value!r} is not valid: give true or false")
+    return value
+
+
 def real_number(name: str, value: Any, minimum: float, below: float | None = None) -> float:
     """``value`` if it is a number >= minimum (and < ``below``); else a PetlabError naming the key and the range."""
     if (

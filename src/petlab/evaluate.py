@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers
+from petlab.config import config_dir, register_resolvers, switch
 from petlab.errors import PetlabError, shown
 
 register_resolvers()
@@ -37,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from petlab.trainer import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
+    switch("tta", cfg.tta)
     L.seed_everything(cfg.seed, verbose=False)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     model, task = checkpoint.model, checkpoint.task
@@ -56,6 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     loggers = build_group(cfg, "logger")
     trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
+    model.tta = cfg.tta
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
     task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split],
                           tensorboard_writer(trainer), step=0)  # fmt: skip
@@ -63,7 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = {re.sub(r"^test/", f"{cfg.split}/", key): value for key, value in scalar_metrics(trainer).items()}
     images = len(next(iter(model.test_outputs.values()), []))
     metrics.update({"checkpoint": str(checkpoint.path), "split": cfg.split, "dataset": str(datamodule.root),
-                    "images": images, **numerics(trainer, model)})  # fmt: skip
+                    "images": images, "tta": cfg.tta, **numerics(trainer, model)})  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     monitored = task.monitor.replace("val/", f"{cfg.split}/", 1)
     log.info(f"Evaluation written to {output_dir}: {monitored} {metrics.get(monitored)}")

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from petlab.averaging import ExponentialMovingAverage, check_decay
 from petlab.errors import PetlabError
 from petlab.models import create_backbone, parameter_counts
 from petlab.precision import uses_channels_last
 from petlab.tasks import Task
-from petlab.tasks.base import fp32
+from petlab.tasks.base import Outputs, fp32
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -40,19 +41,22 @@ def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
 
 
 class PetModule(L.LightningModule):
-    """``backbone`` (``{"name", "pretrained", "weights_path"}``, see :func:`create_backbone`) with ``task``'s head.
+    """``backbone`` (``{"name", "pretrained", "weights_path"}``, see :func:`create_backbone`, pooled with
+    ``pool``) with ``task``'s head.
 
     The backbone, the task's spec, the image size and the normalisation are saved as hyperparameters, so a
     checkpoint carries everything needed to predict on new images. Fine-tuning as fastai's ``fine_tune``:
     the head alone for ``freeze_epochs``, then everything, with learning rates growing geometrically from
     lr x ``backbone_lr_factor`` at the stem to lr at the head. Weight decay on normalisation layers and
-    biases is ``norm_bias_weight_decay`` (torchvision's recipes use 0; null: the optimizer's own).
+    biases is ``norm_bias_weight_decay`` (torchvision's recipes use 0; null: the optimizer's own). ``ema``:
+    the decay of an exponential moving average of the weights, which validation, checkpoints and prediction
+    use (see :mod:`petlab.averaging`); ``tta``: test with test-time augmentation (the image and its mirror).
     """
 
     def __init__(
         self, backbone: dict[str, Any], task: Task, image_size: int, mean: Sequence[float], std: Sequence[float],
         freeze_epochs: int = 0, backbone_lr_factor: float = 1.0, norm_bias_weight_decay: float | None = 0.0,
-        channels_last: bool | str = "auto", compile: bool = False,
+        channels_last: bool | str = "auto", compile: bool = False, ema: float | None = None, pool: str | None = None,
         optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
@@ -61,11 +65,12 @@ class PetModule(L.LightningModule):
                 f"model.freeze_epochs={freeze_epochs} must be >= 0 and model.backbone_lr_factor="
                 f"{backbone_lr_factor} in (0, 1]"
             )
+        check_decay(ema)
         # Logged once, with the run's metrics, by the entry point (so TensorBoard's HParams tab ranks runs).
         self.save_hyperparameters(ignore=["task", "optimizer", "scheduler"], logger=False)
         self.hparams["task"] = task.spec()
         self.task = task
-        self.backbone = create_backbone(image_size=image_size, **backbone)
+        self.backbone = create_backbone(image_size=image_size, pool=pool, **backbone)
         self.head = task.head(self.backbone)
         if compile:
             # In place: the module stays a Backbone, and its parameter names (and checkpoints) do not change.
@@ -76,7 +81,7 @@ class PetModule(L.LightningModule):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.freeze_epochs, self.backbone_lr_factor = freeze_epochs, backbone_lr_factor
         self.norm_bias_weight_decay = norm_bias_weight_decay
-        self.channels_last = channels_last
+        self.channels_last, self.ema, self.tta = channels_last, ema, False
         # The resolved data config of the training run, saved in checkpoints so that evaluation can
         # rebuild the same splits (set by the entry point).
         self.data_config: dict[str, Any] = {}
@@ -91,9 +96,10 @@ class PetModule(L.LightningModule):
                 self.logged_names[metric_key(stage, name)] = (stage, name)
         self.kept: list[dict[str, torch.Tensor]] = []
         self.test_outputs: dict[str, torch.Tensor] = {}
-        # Buffers, not plain attributes, so that a resumed run remembers its best epoch.
-        self.register_buffer("monitor_best", torch.tensor(float("-inf") if task.mode == "max" else float("inf")))
-        self.register_buffer("best_epoch_buffer", torch.tensor(-1))
+        # Saved with the checkpoint's petlab metadata, so that a resumed run remembers its best epoch (not
+        # buffers: a moving average of the weights would average them too).
+        self.monitor_best = float("-inf") if task.mode == "max" else float("inf")
+        self.best_epoch = -1
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (0-255) or float images in [0, 1] -> the network's normalised input."""
@@ -103,6 +109,12 @@ class PetModule(L.LightningModule):
         """The task's outputs for uint8 images (0-255) or float images in [0, 1], shape (N, 3, H, W)."""
         features = self.backbone(self.normalize(images))
         return self.head(features, self.backbone.pool(features[-1]), images.shape[-2:])
+
+    def outputs(self, images: torch.Tensor, tta: bool = False) -> Outputs:
+        """The fp32 outputs for ``images``; with ``tta``, merged with those for their horizontal mirrors."""
+        # Under bf16/fp16 autocast the outputs come out in low precision: the loss and metrics use fp32.
+        outputs = fp32(self(images))
+        return self.task.merged_with_mirror(outputs, fp32(self(images.flip(-1)))) if tta else outputs
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
@@ -126,9 +138,25 @@ class PetModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.set_backbone_trainable(self.current_epoch >= self.freeze_epochs)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.ema is None or self.trainer.state.fn != "fit":
+            return []
+        return [ExponentialMovingAverage(self.ema)]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
-        checkpoint["petlab"] = {"format": CHECKPOINT_FORMAT, "data": self.data_config}
+        checkpoint["petlab"] = {"format": CHECKPOINT_FORMAT, "data": self.data_config,
+                                "monitor_best": self.monitor_best, "best_epoch": self.best_epoch}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.restore_best(checkpoint["state_dict"], checkpoint.get("petlab") or {})
+
+    def restore_best(self, state: dict[str, Any], petlab: dict[str, Any]) -> None:
+        """The best monitored value and its epoch from a checkpoint's petlab metadata, or from the buffers of
+        ``state`` that held them before (removed from it, so that the weights load strictly)."""
+        best, epoch = state.pop("monitor_best", None), state.pop("best_epoch_buffer", None)
+        self.monitor_best = float(petlab.get("monitor_best", self.monitor_best if best is None else best))
+        self.best_epoch = int(petlab.get("best_epoch", self.best_epoch if epoch is None else epoch))
 
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its batches must not count.
@@ -143,10 +171,10 @@ class PetModule(L.LightningModule):
         images, targets = batch
         if self.uses_channels_last():
             images = images.contiguous(memory_format=torch.channels_last)
-        # Under bf16/fp16 autocast the outputs come out in low precision: the loss and metrics use fp32.
-        outputs = fp32(self(images))
+        outputs = self.outputs(images, tta=self.tta and stage == "test")
         targets = self.task.encode_targets(targets)
         loss = self.task.loss(outputs, targets)
+        measured = self.task.measured_targets(targets)
         for key, metric in self.stage_metrics.items():
             metric_stage, metric_name = self.logged_names[key]
             if metric_stage != stage:
@@ -155,7 +183,7 @@ class PetModule(L.LightningModule):
             if metric_name == "loss":
                 metric.update(loss, weight=len(images))
             else:
-                metric.update(outputs, targets)
+                metric.update(outputs, measured)
             shown = metric_name == "loss" or metric_name in self.task.metric_names  # test-only extras: files only
             self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True, prog_bar=shown)
         if stage == "train":
@@ -173,14 +201,9 @@ class PetModule(L.LightningModule):
             return
         value = self.stage_metrics[metric_key("val", self.task.monitor.partition("/")[2])].compute()
         if (value > self.monitor_best) if self.task.mode == "max" else (value < self.monitor_best):
-            self.monitor_best.fill_(value)
-            self.best_epoch_buffer.fill_(self.current_epoch)
+            # best_epoch: 0-based, -1 before any
+            self.monitor_best, self.best_epoch = float(value), self.current_epoch
         self.log(self.task.best_metric, self.monitor_best, prog_bar=True)
-
-    @property
-    def best_epoch(self) -> int:
-        """The epoch (0-based) with the best monitored metric so far; -1 before any."""
-        return int(self.best_epoch_buffer)
 
     def on_test_epoch_start(self) -> None:
         self.kept.clear()

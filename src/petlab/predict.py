@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers
+from petlab.config import config_dir, register_resolvers, switch
 from petlab.errors import PetlabError
 
 register_resolvers()
@@ -41,19 +41,19 @@ def image_files(entries: Sequence[str]) -> list[Path]:
 
 def predict_files(
     checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto",
-    output_dir: Path | None = None,
+    output_dir: Path | None = None, tta: bool = False,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """One result per file: ``{"image", **the task's answer}`` (for classification ``"top": [{"class",
     "probability"}...]``; for segmentation ``"pet_fraction"`` and the ``"mask"`` and ``"overlay"`` files
     written to ``output_dir``) or ``{"image", "error"}``.
 
-    The model runs on the CPU with the precision and memory format training would use there.
+    The model runs on the CPU with the precision and memory format training would use there; with ``tta``
+    its answers for each image and its mirror are averaged.
     """
     import torch
 
     from petlab.data.transforms import ItemTransform, load_rgb
     from petlab.precision import autocast, resolve_precision, uses_channels_last
-    from petlab.tasks.base import fp32
 
     task = checkpoint.task
     transform = ItemTransform(checkpoint.side, crop=None if task.spatial else checkpoint.image_size)
@@ -76,7 +76,7 @@ def predict_files(
             if memory_format is not None:
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
-                outputs = fp32(checkpoint.model(batch))
+                outputs = checkpoint.model.outputs(batch, tta)
             images = list(originals.values())
             answers = dict(zip(originals, task.predictions(outputs, images, top_k), strict=True))
             for row, (position, image) in enumerate(originals.items()):
@@ -143,6 +143,7 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"unknown precision={cfg.precision}: choose auto, 32-true or bf16-mixed")
     if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
+    switch("tta", cfg.tta)
     entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
     checkpoint = load_checkpoint(cfg.ckpt_path)
     files = image_files(entries)
@@ -150,7 +151,7 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     results = []
     output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.spatial else None
-    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir):
+    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir, cfg.tta):
         if "error" in result:
             print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
         if cfg.output == "json":

@@ -159,11 +159,13 @@ FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "name"): "t
                ("task", "monitor"): "task.monitor", ("task", "mode"): "task.mode",
                ("image_size",): "data.image_size", ("mean",): "the normalisation mean",
                ("std",): "the normalisation std",
-               ("norm_bias_weight_decay",): "model.norm_bias_weight_decay",
+               ("norm_bias_weight_decay",): "model.norm_bias_weight_decay", ("ema",): "model.ema",
+               ("pool",): "model.pool",
                ("task", "decoder_channels"): "task.decoder_channels", ("task", "heads"): "task.heads",
                ("task", "options"): "task.options (the heads' own settings and classes)"}  # fmt: skip
 ABSENT = object()  # a setting the checkpoint (an older one) or the config does not have: not compared
-FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin")
+FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin",
+              "progressive_resize")  # fmt: skip
 
 
 def _shown(value: Any) -> str:

@@ -21,9 +21,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from petlab.averaging import check_decay
 from petlab.checkpoint import read_checkpoint
 from petlab.cli import user_error
-from petlab.config import NOT_HYPERPARAMETERS, whole_number
+from petlab.config import NOT_HYPERPARAMETERS, switch, whole_number
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError, first_line
 from petlab.module import CHECKPOINT_FORMAT, PetModule
@@ -60,6 +61,15 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetMo
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         _convert_="all",
     )
+    if datamodule.early_size:  # the head reads the same features at the smaller size
+        early = model.backbone.features_at(datamodule.early_size, "data.progressive_resize.size")
+        if early != model.backbone.num_features:
+            raise PetlabError(
+                f"data.progressive_resize needs features of one length at every size, but model="
+                f"{cfg.model.backbone.name} with model.pool={cfg.model.get('pool')} gives {early} at "
+                f"{datamodule.early_size} px and {model.backbone.num_features} at {datamodule.image_size} px: "
+                "set model.pool=avg"
+            )
     callbacks, loggers = build_group(cfg, "callbacks"), build_group(cfg, "logger")
     return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -75,6 +85,8 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     """
     if cfg.get("seed") is not None:
         whole_number("seed", cfg.seed, 0, 2**32 - 1)
+    switch("test_tta", cfg.get("test_tta", False))
+    check_decay(cfg.model.get("ema"))
     for key, minimum in WHOLE_NUMBERS.items():
         if OmegaConf.select(cfg, key) is not None:
             whole_number(key, OmegaConf.select(cfg, key), minimum)
@@ -85,6 +97,10 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
             f"model.freeze_epochs={freeze_epochs} leaves no epoch to train the whole network with "
             f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
         )
+    progressive = OmegaConf.select(cfg, "data.progressive_resize.epochs", default=0)
+    if progressive and cfg.trainer.get("reload_dataloaders_every_n_epochs") != 1:
+        raise PetlabError("data.progressive_resize changes the training loader after its first epochs: set "
+                          "trainer.reload_dataloaders_every_n_epochs=1")  # fmt: skip
     check_optimizer(cfg)
     check_task(cfg)
     if not cfg.get("ckpt_path"):
@@ -189,8 +205,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     if cfg.get("test") and datamodule.has_test:
+        model.tta = cfg.get("test_tta", False)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
+        metrics["tta"] = model.tta
         if trainer.is_global_zero:
             model.task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets["test"],
                                         tensorboard_writer(trainer), step=trainer.global_step)  # fmt: skip
@@ -217,7 +235,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 # (and whatever else the command line or a sweep set), not every _target_ and path of the config.
 HPARAMS = ("task.name", "model.backbone.name", "model.backbone.pretrained", "optimizer._target_", "optimizer.lr",
            "optimizer.weight_decay", "scheduler._target_", "data.batch_size", "data.image_size",
-           "trainer.max_epochs", "data.augment", "data.upsample", "seed")  # fmt: skip
+           "trainer.max_epochs", "data.augment", "data.upsample", "data.progressive_resize", "model.pool",
+           "model.ema", "test_tta", "seed")  # fmt: skip
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:

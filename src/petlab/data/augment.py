@@ -18,26 +18,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from petlab.data import policy as policies
 from petlab.data.boxes import transform_boxes
+from petlab.data.policy import blend, grey
 from petlab.errors import PetlabError
 
 # A batch's targets: one tensor (labels, masks or boxes), several by name, or none.
 Targets = torch.Tensor | Mapping[str, torch.Tensor] | None
 
-OPTIONS = ("crop_scale", "hflip", "rotation", "color_jitter")
+OPTIONS = ("crop_scale", "hflip", "rotation", "color_jitter", "policy")
+# Options of the label mixing that follows (petlab.data.mixing), which needs the classes first.
+MIXING_OPTIONS = ("mixup", "cutmix", "mix_switch")
 ASPECT_RATIOS = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop range
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
 class BatchAugmentation:
     """Random crops of ``crop_scale`` of the area at 3/4-4/3 aspect ratios, horizontal flips with
     probability ``hflip``, rotations up to ``rotation`` degrees and brightness, contrast and saturation
-    factors in ``1 +- color_jitter``, each drawn per image; output float images in [0, 1] at ``image_size``.
+    factors in ``1 +- color_jitter``, each drawn per image, then the operations of an automatic augmentation
+    ``policy`` (none, trivial, randaugment; see :mod:`petlab.data.policy`); output float images in [0, 1]
+    at ``image_size``.
     """
 
     def __init__(
         self, image_size: int, crop_scale: Sequence[float] = (1.0, 1.0), hflip: float = 0.0, rotation: float = 0.0,
-        color_jitter: float = 0.0,
+        color_jitter: float = 0.0, policy: str = "none",
     ) -> None:  # fmt: skip
         crop_scale = tuple(float(value) for value in crop_scale)
         if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
@@ -51,18 +56,23 @@ class BatchAugmentation:
             raise PetlabError(f"data.augment.color_jitter={color_jitter} must be from 0 to below 1 (e.g. 0.1)")
         self.image_size, self.crop_scale, self.hflip = image_size, crop_scale, float(hflip)
         self.rotation, self.color_jitter = float(rotation), float(color_jitter)
+        self.policy = policies.check_policy(policy)
         self.generator = torch.Generator().manual_seed(0)
 
     @classmethod
     def from_config(cls, image_size: int, options: Mapping[str, Any]) -> BatchAugmentation:
-        unknown = sorted(set(options) - set(OPTIONS))
+        unknown = sorted(set(options) - set(OPTIONS) - set(MIXING_OPTIONS))
         if unknown:
-            raise PetlabError(f"unknown data.augment option {', '.join(unknown)}: use {', '.join(OPTIONS)}")
-        return cls(image_size, **options)
+            valid = ", ".join(OPTIONS + MIXING_OPTIONS)
+            raise PetlabError(f"unknown data.augment option {', '.join(unknown)}: use {valid}")
+        return cls(image_size, **{key: value for key, value in options.items() if key in OPTIONS})
 
     @property
     def active(self) -> bool:
-        return self.crop_scale != (1.0, 1.0) or self.hflip > 0 or self.rotation > 0 or self.color_jitter > 0
+        return (
+            self.crop_scale != (1.0, 1.0) or self.hflip > 0 or self.rotation > 0 or self.color_jitter > 0
+            or self.policy is not None
+        )  # fmt: skip
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -71,7 +81,7 @@ class BatchAugmentation:
         return low + (high - low) * torch.rand(count, generator=self.generator)
 
     def _affine(self, count: int) -> torch.Tensor:
-        """(count, 2, 3) maps from output to input coordinates, both in [-1, 1]: rotation x crop + offset."""
+        """(count, 3, 3) maps from output to input coordinates, both in [-1, 1]: rotation x crop + offset."""
         area = self._uniform(count, *self.crop_scale)
         ratios = (1.0, 1.0) if self.crop_scale == (1.0, 1.0) else ASPECT_RATIOS
         ratio = self._uniform(count, math.log(ratios[0]), math.log(ratios[1])).exp()
@@ -81,9 +91,11 @@ class BatchAugmentation:
         flip = torch.where(torch.rand(count, generator=self.generator) < self.hflip, -1.0, 1.0)
         angle = self._uniform(count, -self.rotation, self.rotation).deg2rad()
         cos, sin = angle.cos(), angle.sin()
+        zero, one = torch.zeros(count), torch.ones(count)
         return torch.stack([
             torch.stack([cos * width * flip, -sin * height, centre_x], dim=1),
             torch.stack([sin * width * flip, cos * height, centre_y], dim=1),
+            torch.stack([zero, zero, one], dim=1),
         ], dim=1)  # fmt: skip
 
     def _jitter(self, count: int, device: torch.device) -> torch.Tensor:
@@ -95,7 +107,11 @@ class BatchAugmentation:
         touches the images only."""
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        theta = self._affine(count).to(device)
+        theta = self._affine(count)
+        drawn = policies.draw(self.policy, count, self.generator) if self.policy else None
+        if drawn is not None:  # the policy's geometry acts on the cropped image: crop after policy, in one map
+            theta = theta @ policies.geometric_affine(self.policy, drawn)
+        theta = theta[:, :2].to(device)
         grid = sampling_grid(theta, self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -103,22 +119,17 @@ class BatchAugmentation:
             targets = {name: moved(target, theta, grid) for name, target in targets.items()}
         elif targets is not None:
             targets = moved(targets, theta, grid)
-        return self._colour(pixels), targets
+        pixels = self._colour(pixels)
+        return (pixels if drawn is None else policies.photometric(self.policy, pixels, drawn)), targets
 
     def _colour(self, pixels: torch.Tensor) -> torch.Tensor:
         count, device = len(pixels), pixels.device
         if self.color_jitter == 0:
             return pixels
-        # Each blend is factor x image + (1 - factor) x grey, in place on the fresh output of grid_sample:
-        # brightness blends with black, contrast with the mean grey, saturation with each pixel's grey.
-        weights = torch.tensor(GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
-        pixels.mul_(self._jitter(count, device)).clamp_(0, 1)
-        contrast = self._jitter(count, device)
-        mean_grey = (pixels * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        pixels.mul_(contrast).add_(mean_grey * (1 - contrast)).clamp_(0, 1)
-        saturation = self._jitter(count, device)
-        grey = (pixels * weights).sum(dim=1, keepdim=True)
-        return pixels.mul_(saturation).add_(grey.mul_(1 - saturation)).clamp_(0, 1)
+        # Brightness blends with black, contrast with the mean grey, saturation with each pixel's grey.
+        pixels = blend(pixels, 0.0, self._jitter(count, device))
+        pixels = blend(pixels, grey(pixels).mean(dim=(2, 3), keepdim=True), self._jitter(count, device))
+        return blend(pixels, grey(pixels), self._jitter(count, device))
 
 
 def moved(target: torch.Tensor, theta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +20,7 @@ from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_
 from petlab.data.download import download_dataset
 from petlab.data.index import DEFAULT_MAX_IMAGE_PIXELS, allow_image_pixels, build_index, split_folders
 from petlab.data.masks import MASKS, trimap_at, trimap_path
+from petlab.data.mixing import LabelMixing
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
 from petlab.data.splits import assign_splits
@@ -79,6 +80,23 @@ def resolve_num_workers(num_workers: int | str, cached: bool = False) -> int:
 MIN_IMAGE_SIZE = 16  # the CNN's four poolings need 16 px; models that need more say so themselves
 
 
+def progressive_sizes(schedule: Mapping[str, Any] | None, image_size: int) -> tuple[int | None, int]:
+    """``data.progressive_resize`` ({size, epochs}) checked: the smaller training size and for how many epochs
+    (None, 0: off)."""
+    size, epochs = (schedule or {}).get("size"), (schedule or {}).get("epochs", 0)
+    unknown = sorted(set(schedule or {}) - {"size", "epochs"})
+    if unknown:
+        raise PetlabError(f"unknown data.progressive_resize option {', '.join(unknown)}: use size, epochs")
+    if size is None and not epochs:
+        return None, 0
+    whole_number("data.progressive_resize.size", size, MIN_IMAGE_SIZE,
+                 hint=f" (pixels, smaller than data.image_size={image_size})")  # fmt: skip
+    if size >= image_size:
+        raise PetlabError(f"data.progressive_resize.size={size} must be smaller than data.image_size={image_size}")
+    whole_number("data.progressive_resize.epochs", epochs, 1, hint=" (the epochs trained at the smaller size)")
+    return size, epochs
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise PetlabError(f"unknown {name}={value!r}: choose one of {', '.join(choices)}")
@@ -133,6 +151,7 @@ class PetDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         cache: bool = True,
         crop_margin: float = DEFAULT_CROP_MARGIN,
+        progressive_resize: Mapping[str, Any] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
@@ -169,9 +188,18 @@ class PetDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         if not 0 <= crop_margin <= 1:
             raise PetlabError(f"data.crop_margin={crop_margin} must be between 0 and 1 (0.15: 15% larger)")
-        self.side = resized_side(image_size, crop_margin)
+        self.crop_margin, self.side = crop_margin, resized_side(image_size, crop_margin)
         self.cache = bool(cache) and self.cache_dir is not None
         self.batch_augmentation = BatchAugmentation.from_config(image_size, self.augment)
+        # Label mixing draws from the same generator, so it is reseeded with the rest of the augmentation.
+        self.mixing = LabelMixing(self.augment.get("mixup", 0.0), self.augment.get("cutmix", 0.0),
+                                  self.augment.get("mix_switch", 0.5), self.batch_augmentation.generator)  # fmt: skip
+        if self.mixing.active and (self.joint or self.target not in LABELS):
+            task = "joint" if self.joint else ANNOTATED[self.target].task
+            raise PetlabError(f"data.augment.mixup and data.augment.cutmix mix the labels of a classification task; "
+                              f"task={task} does not support them: set both to 0")  # fmt: skip
+        self.early_size, self.early_epochs = progressive_sizes(progressive_resize, image_size)
+        self.early_train: Dataset | None = None
         self.store: Path | None = None
         self.mask_store: Path | None = None
         self.frame: pd.DataFrame | None = None
@@ -192,9 +220,9 @@ class PetDataModule(L.LightningDataModule):
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
         annotated = [ANNOTATED[target] for target in self.targets if target in ANNOTATED]
+        index = build_index(self.root, self.cache_dir, self.layout, self.max_image_pixels)
         for annotation in annotated:
             self._require_annotations(annotation)
-        index = build_index(self.root, self.cache_dir, self.layout, self.max_image_pixels)
         frame = index[index["readable"]].copy()
         skipped = index.loc[~index["readable"], ["name", "problem"]]
         if not self.joint:  # a joint model keeps such images for its other heads (see the notes below)
@@ -236,16 +264,7 @@ class PetDataModule(L.LightningDataModule):
             raise PetlabError(f"{self.root} has too few images for a train and a validation split")
         fingerprint = index.attrs.get("fingerprint", "")
         if self.cache:
-            target = cache_path(self.cache_dir, frame["path"].tolist(), self.side, fingerprint)
-            self.store, seconds = build_cache(frame["path"].tolist(), self.side, target)
-            if seconds:
-                log.info(f"Decoded-image cache built in {seconds:.1f} s: {self.store} "
-                         f"({self.store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
-            if MASKS in self.targets:
-                self.mask_store, _ = build_cache(
-                    self._trimap_paths(frame), self.side, mask_cache_path(self.store),
-                    lambda path: trimap_at(path, self.side), "trimaps",
-                )  # fmt: skip
+            self.store, self.mask_store = self._caches(frame, self.side, fingerprint)
         frame["cache_row"] = range(len(frame))
         self.frame = frame
         train = frame[frame["split"] == "train"]
@@ -257,13 +276,13 @@ class PetDataModule(L.LightningDataModule):
             self.mean, self.std = channel_stats(images, self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
         self.datasets = {
-            name: self._dataset(part, self._transform(train=name == "train")) for name, part in frame.groupby("split")
+            name: self._dataset(part, self._transform(train=False)) for name, part in frame.groupby("split")
         }
-        synthetic: dict[str, int] = {}
-        if self.upsample == "synthetic":
-            extra = SyntheticMinority(train, self.seed, self.image_size, self._transform(train=True))
-            self.datasets["train"] = ConcatDataset([self.datasets["train"], extra])
-            synthetic = pd.Series([self.class_names[t] for _, t in extra.sources]).value_counts().to_dict()
+        self.datasets["train"], synthetic = self._training_set(train, self.image_size, self.side)
+        if self.early_size:
+            early_side = resized_side(self.early_size, self.crop_margin)
+            stores = self._caches(frame, early_side, fingerprint) if self.cache else (None, None)
+            self.early_train, _ = self._training_set(train, self.early_size, early_side, stores)
         notes = [f"{unused} images are in no split of data.split={self.split} and are not used."] if unused else []
         if carve_test:
             boxed = "" if self.joint else "boxed "
@@ -282,10 +301,36 @@ class PetDataModule(L.LightningDataModule):
         self.report = DataReport.build(frame, skipped, synthetic, notes)
         log.info(self.report.text())
 
-    def _transform(self, train: bool) -> ItemTransform:
-        # Augmented training images stay whole (at ``side``) until BatchAugmentation crops them on the device.
-        crop = None if train and self.batch_augmentation.active else self.image_size
-        return ItemTransform(self.side, crop)
+    def _transform(self, train: bool, size: int | None = None, side: int | None = None) -> ItemTransform:
+        """Images resized to ``side`` and centre-cropped to ``size`` (by default the data's own); augmented
+        training images stay whole until BatchAugmentation crops them on the device."""
+        crop = None if train and self.batch_augmentation.active else size or self.image_size
+        return ItemTransform(side or self.side, crop)
+
+    def _caches(self, frame: pd.DataFrame, side: int, fingerprint: str) -> tuple[Path, Path | None]:
+        """The decoded-image cache of ``frame``'s images at ``side``, and of their trimaps if the task reads them."""
+        target = cache_path(self.cache_dir, frame["path"].tolist(), side, fingerprint)
+        store, seconds = build_cache(frame["path"].tolist(), side, target)
+        if seconds:
+            log.info(f"Decoded-image cache built in {seconds:.1f} s: {store} "
+                     f"({store.stat().st_size / 2**20:.0f} MB)")  # fmt: skip
+        if MASKS not in self.targets:
+            return store, None
+        masks, _ = build_cache(self._trimap_paths(frame), side, mask_cache_path(store),
+                               lambda path: trimap_at(path, side), "trimaps")  # fmt: skip
+        return store, masks
+
+    def _training_set(
+        self, train: pd.DataFrame, size: int, side: int, stores: tuple[Path | None, Path | None] | None = None
+    ) -> tuple[Dataset, dict[str, int]]:  # fmt: skip
+        """The training images at ``size`` (from ``stores``, by default the data's caches), with the synthetic
+        minority images when upsampling; and how many of those each class got."""
+        dataset = self._dataset(train, self._transform(True, size, side), stores=stores)
+        if self.upsample != "synthetic":
+            return dataset, {}
+        extra = SyntheticMinority(train, self.seed, size, self._transform(True, size, side))
+        added = pd.Series([self.class_names[t] for _, t in extra.sources]).value_counts().to_dict()
+        return ConcatDataset([dataset, extra]), added
 
     def _require_annotations(self, annotation: Annotation) -> None:
         folder = self.root / "annotations" / annotation.folder
@@ -312,15 +357,20 @@ class PetDataModule(L.LightningDataModule):
         return [str(trimap_path(self.root, name)) if problem == "" else ""
                 for name, problem in zip(part["name"], part["trimap"], strict=True)]  # fmt: skip
 
-    def _dataset(self, part: pd.DataFrame, transform: Any, with_targets: bool = True) -> Dataset:
+    def _dataset(
+        self, part: pd.DataFrame, transform: Any, with_targets: bool = True,
+        stores: tuple[Path | None, Path | None] | None = None,
+    ) -> Dataset:  # fmt: skip
         """The images of ``part`` with their targets as the ``transform``ed image sees them (an
         :class:`ItemTransform`: the trimaps cropped, the boxes moved), from the decoded-image cache when there
-        is one, else decoded from files. Without ``with_targets`` (for statistics) the targets are as stored."""
+        is one (``stores``: images and trimaps, by default the data's), else decoded from files. Without
+        ``with_targets`` (for statistics) the targets are as stored."""
         masks = with_targets and MASKS in self.targets
         target_transform = transform.target if with_targets else None
-        if self.store is not None:
-            return CachedImageDataset(self.store, part["cache_row"].tolist(), part["target"].tolist(), transform,
-                                      part["path"].tolist(), self.mask_store if masks else None,
+        store, mask_store = stores or (self.store, self.mask_store)
+        if store is not None:
+            return CachedImageDataset(store, part["cache_row"].tolist(), part["target"].tolist(), transform,
+                                      part["path"].tolist(), mask_store if masks else None,
                                       target_transform)  # fmt: skip
         mask_paths = self._trimap_paths(part) if masks else None
         return ImageDataset(part["path"].tolist(), part["target"].tolist(), transform, mask_paths, target_transform)
@@ -336,10 +386,10 @@ class PetDataModule(L.LightningDataModule):
     def has_test(self) -> bool:
         return "test" in self.datasets
 
-    def loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
-        """A loader over one split (train, val or test), in order unless a sampler is given."""
+    def loader(self, split: str, sampler: EpochSampler | None = None, dataset: Dataset | None = None) -> DataLoader:
+        """A loader over one split (train, val or test; or ``dataset``), in order unless a sampler is given."""
         return DataLoader(
-            self.datasets[split],
+            dataset or self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
             generator=sampler.loader_generator if sampler else None,
@@ -351,17 +401,23 @@ class PetDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def training_size(self, epoch: int) -> int:
+        """The side of the training images in ``epoch`` (smaller in the first epochs with progressive resizing)."""
+        return self.early_size if self.early_size and epoch < self.early_epochs else self.image_size
+
     def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
         weights = None
         if self.upsample == "weighted":
             weights = class_balanced_weights(self.frame.loc[self.frame["split"] == "train", "target"].tolist())
         trainer = getattr(self, "trainer", None)
         epoch = trainer.current_epoch if trainer else 0
+        size = self.training_size(epoch)
+        dataset = self.datasets["train"] if size == self.image_size else self.early_train
         sampler = EpochSampler(len(dataset), self.seed, epoch, weights=weights, loader_generator=torch.Generator())
         # Ranks see different images, so they draw different augmentations too.
         self.batch_augmentation.reseed(epoch_seed(self.seed, epoch, trainer.global_rank if trainer else 0))
-        return self.loader("train", sampler)
+        self.batch_augmentation.image_size = size
+        return self.loader("train", sampler, dataset)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")
@@ -373,6 +429,11 @@ class PetDataModule(L.LightningDataModule):
         """Training batches, now on the training device, get their random augmentation here."""
         trainer = getattr(self, "trainer", None)
         # The model summary's example input passes here too: a bare tensor, not a training batch.
-        if trainer is None or not trainer.training or not self.batch_augmentation.active or torch.is_tensor(batch):
+        if trainer is None or not trainer.training or torch.is_tensor(batch):
             return batch
-        return self.batch_augmentation(*batch)
+        images, targets = batch
+        if self.batch_augmentation.active:
+            images, targets = self.batch_augmentation(images, targets)
+        if self.mixing.active:
+            images, targets = self.mixing(images, targets, len(self.class_names))
+        return images, targets

@@ -23,7 +23,8 @@ BUILDERS: dict[str, Callable[..., Backbone]] = {"cnn": build_cnn}
 
 
 def create_backbone(name: str, image_size: int, **options: Any) -> Backbone:
-    """Build backbone ``name`` for ``image_size`` px (options: pretrained, weights_path)."""
+    """Build backbone ``name`` for ``image_size`` px (options: pretrained, weights_path, pool: its pooling
+    for image-level heads, None for the network's own)."""
     if name in BUILDERS:
         return BUILDERS[name](image_size=image_size, **options)
     if name in torchvision_names():

@@ -51,13 +51,17 @@ class Backbone(nn.Module):
         self.stage_ends = tuple(ends)
         self.stages = [Stage(*shapes[i]) for i in ends]
         self.min_image_size = max(stage.stride for stage in self.stages)
+        self.num_features = self.features_at(image_size)
+
+    def features_at(self, image_size: int, key: str = "data.image_size") -> int:
+        """The length of the pooled vector of ``image_size`` px images (``key``: the setting that gives them)."""
         if image_size < self.min_image_size:
-            raise PetlabError(f"model={name} needs data.image_size >= {self.min_image_size}, got {image_size}")
+            raise PetlabError(f"model={self.name} needs {key} >= {self.min_image_size}, got {image_size}")
         try:
             with torch.no_grad(), eval_mode(self):
-                self.num_features = int(self.pooled(torch.zeros(1, 3, image_size, image_size)).shape[1])
+                return int(self.pooled(torch.zeros(1, 3, image_size, image_size)).shape[1])
         except PROBE_FAILURES as error:
-            raise _unusable(name, error) from error
+            raise _unusable(self.name, error) from error
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The feature map of every stage, from the highest resolution to the lowest."""

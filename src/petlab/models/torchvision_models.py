@@ -80,10 +80,15 @@ def _check_split(name: str, network: nn.Module, backbone: Backbone, classifier: 
 
 
 def build_torchvision(
-    name: str, image_size: int, pretrained: bool = False, weights_path: str | Path | None = None
+    name: str, image_size: int, pretrained: bool = False, weights_path: str | Path | None = None,
+    pool: str | None = None,
 ) -> Backbone:  # fmt: skip
-    """torchvision's network ``name`` without its classifier. ``weights_path``: a state dict of the whole
-    torchvision network (its ImageNet classifier is ignored), for machines without a network."""
+    """torchvision's network ``name`` without its classifier, with its own global average pooling.
+    ``weights_path``: a state dict of the whole torchvision network (its ImageNet classifier is ignored), for
+    machines without a network."""
+    if pool not in (None, "avg"):
+        raise PetlabError(f"model.pool={pool}: model={name} has its own global average pooling, model.pool=avg "
+                          "(flatten is an option of model=cnn)")  # fmt: skip
     network = models.get_model(name, weights=None)
     layers, pool, classifier = _split(name, network)
     # Built (and the image size checked) before any weights are read or downloaded; the backbone holds

@@ -34,6 +34,12 @@ def fp32(outputs: Outputs) -> Outputs:
     return outputs.float()
 
 
+def mean_probabilities(outputs: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """The log of the mean of two sets of class probabilities (dimension 1) from their logits: logits
+    themselves, whose softmax is that mean."""
+    return ((outputs.softmax(dim=1) + others.softmax(dim=1)) / 2).log()
+
+
 class Task(ABC):
     """A kind of target. ``name`` is the configuration's name (``species``); ``monitor`` the validation
     metric that selects checkpoints, stops early and ranks sweeps, better when higher (``mode=max``) or
@@ -77,6 +83,15 @@ class Task(ABC):
     def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """The batch's targets as the loss and the metrics take them (the data's own by default)."""
         return targets
+
+    def measured_targets(self, targets: Any) -> Any:
+        """Encoded targets as the metrics take them (the same by default; mixed soft labels -> the dominant)."""
+        return targets
+
+    @abstractmethod
+    def merged_with_mirror(self, outputs: Outputs, mirrored: Outputs) -> Outputs:
+        """Test-time augmentation: fp32 ``outputs`` for images merged with ``mirrored``, the outputs for their
+        horizontal mirrors (mapped back to the unmirrored image first), in the same form."""
 
     @abstractmethod
     def head(self, backbone: Backbone) -> nn.Module:

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from petlab.config import real_number, whole_number
 from petlab.models import Backbone
-from petlab.tasks.base import Task
+from petlab.tasks.base import Task, mean_probabilities
 
 
 class ClassificationHead(nn.Sequential):
@@ -55,6 +55,13 @@ class Classification(Task):
 
     def data_options(self) -> dict[str, Any]:
         return {"target": self.target}
+
+    def measured_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        # MixUp and CutMix give class probabilities (N, classes): accuracy counts the dominant label.
+        return targets.argmax(dim=1) if targets.is_floating_point() else targets
+
+    def merged_with_mirror(self, outputs: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        return mean_probabilities(outputs, mirrored)
 
     def head(self, backbone: Backbone) -> nn.Module:
         return ClassificationHead(backbone.num_features, len(self.class_names), self.hidden, self.dropout)

@@ -109,6 +109,10 @@ class HeadBox(Task):
     def data_options(self) -> dict[str, Any]:
         return {"target": self.target}
 
+    def merged_with_mirror(self, outputs: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        x0, y0, x1, y1 = mirrored.unbind(dim=1)
+        return (outputs + torch.stack([1 - x1, y0, 1 - x0, y1], dim=1)) / 2
+
     def head(self, backbone: Backbone) -> nn.Module:
         return BoxHead(backbone.num_features, self.hidden)
 

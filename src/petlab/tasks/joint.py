@@ -169,6 +169,11 @@ class Joint(Task):
     def encode_targets(self, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {head: task.encode_targets(targets[task.data_options()["target"]]) for head, task in self.tasks.items()}
 
+    def merged_with_mirror(
+        self, outputs: Mapping[str, torch.Tensor], mirrored: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        return {head: task.merged_with_mirror(outputs[head], mirrored[head]) for head, task in self.tasks.items()}
+
     def head(self, backbone: Backbone) -> nn.Module:
         return JointHead({head: task.head(backbone) for head, task in self.tasks.items()})
 

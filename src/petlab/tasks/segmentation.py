@@ -26,7 +26,7 @@ from petlab.config import real_number, whole_number
 from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
 from petlab.models import Backbone, Stage
-from petlab.tasks.base import Task
+from petlab.tasks.base import Task, mean_probabilities
 
 IGNORE = 255  # the target of pixels no loss or metric counts
 # Per choice of task.classes: the class names, and the class of each raw trimap value (0 outside, 1-3).
@@ -108,6 +108,9 @@ class Segmentation(Task):
     def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Raw trimap values (N, H, W) -> class indices, IGNORE where no class counts."""
         return self.lookup.to(targets.device)[targets.long()]
+
+    def merged_with_mirror(self, outputs: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        return mean_probabilities(outputs, mirrored.flip(-1))
 
     def head(self, backbone: Backbone) -> nn.Module:
         return SegmentationHead(backbone.stages, len(self.class_names), self.decoder_channels)
