@@ -78,7 +78,8 @@ def test_a_joint_model_needs_the_pets_layout(tmp_path: Path):
         ({"heads": ["species", "tail"]}, r"two or more different heads"),
         ({"heads": ["species", "head"], "weights": [1.0]}, r"task\.weights has 1 values for 2 heads"),
         ({"heads": ["species", "head"], "options": {"breed": {}}}, r"task\.options names breed"),
-        ({"heads": ["species", "head"], "options": {"head": {"target": "trimap"}}}, r"the head head reads box"),
+        ({"heads": ["species", "head"], "options": {"head": {"target": "trimap"}}}, r"this head reads box"),
+        ({"heads": ["species", "head"], "options": {"head": {"hidden": 0}}}, r"task\.options\.head\.hidden=0"),
     ],
 )
 def test_wrong_joint_settings_are_one_clear_line(settings: dict, message: str):

@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_config = cfg.data if _overrides_data() or not checkpoint.data_config else checkpoint.data_config
     datamodule = instantiate(
         data_config, **task.data_options(), image_size=checkpoint.image_size, mean=checkpoint.mean,
-        std=checkpoint.std, upsample="none", download=False, _convert_="all",
+        std=checkpoint.std, upsample="none", progressive_resize=None, download=False, _convert_="all",
     )  # fmt: skip
     datamodule.setup("test")
     for target, classes in task.label_classes().items():  # none for trimaps and boxes

@@ -159,7 +159,9 @@ def main(cfg: DictConfig) -> None:
         results.append(result)
     if all("error" in result for result in results):
         given = ", ".join(entries)
-        raise PetlabError(f"none of the {len(files)} files in {given} is a readable image: nothing to predict")
+        problem = (f"{files[0]} is not a readable image" if len(files) == 1
+                   else f"none of the {len(files)} files in {given} is a readable image")  # fmt: skip
+        raise PetlabError(f"{problem}: nothing to predict")
     if cfg.output == "table":
         print_table(checkpoint.task, results)
     if output_dir is not None:

@@ -139,7 +139,7 @@ class Joint(Task):
             raise PetlabError(f"task.options names {', '.join(unknown)}, which is not in task.heads={heads}")
         for head, settings in options.items():
             if settings.get("target", HEADS[head][1]["target"]) != HEADS[head][1]["target"]:
-                raise PetlabError(f"task.options.{head}.target: the {head} head reads "
+                raise PetlabError(f"task.options.{head}.target: this head reads "
                                   f"{HEADS[head][1]['target']}; leave it out")  # fmt: skip
         self.tasks: dict[str, Task] = {}
         for head in heads:
@@ -148,7 +148,10 @@ class Joint(Task):
             if task_class is Classification:
                 # The data's classes when training; a checkpoint's own (in options) when loading it.
                 settings["class_names"] = label_classes.get(head, settings.get("class_names", ["?", "?"]))
-            self.tasks[head] = task_class(head, **{k: v for k, v in settings.items() if k not in SHARED_KEYS})
+            try:
+                self.tasks[head] = task_class(head, **{k: v for k, v in settings.items() if k not in SHARED_KEYS})
+            except PetlabError as error:  # the head's own keys are task.options.HEAD.KEY here, not task.KEY
+                raise PetlabError(str(error).replace("task.", f"task.options.{head}.")) from error
         self.metric_names = tuple(f"{head}/{metric}" for head, task in self.tasks.items()
                                   for metric in task.metric_names)  # fmt: skip
         super().__init__(name, monitor, mode)
