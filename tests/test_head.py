@@ -162,6 +162,8 @@ def test_unusable_boxes_are_left_out_and_listed_and_no_xmls_is_one_line(tmp_path
     xmls.rmdir()
     with pytest.raises(PetlabError, match=r"task=head needs the release's head boxes, .* at .*xmls"):
         box_data(root, tmp_path)
+    with pytest.raises(PetlabError, match=r"task=joint with head in task\.heads needs .* or leave head out"):
+        tiny_data(root, tmp_path, ["species", "box"])
 
 
 def test_the_official_split_carves_the_head_test_split_from_boxed_trainval_images(sample_root: Path, tmp_path: Path):

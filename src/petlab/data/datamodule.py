@@ -335,9 +335,12 @@ class PetDataModule(L.LightningDataModule):
     def _require_annotations(self, annotation: Annotation) -> None:
         folder = self.root / "annotations" / annotation.folder
         if self.layout != "pets" or not folder.is_dir() or not any(folder.glob(f"*.{annotation.suffix}")):
+            # A joint model names the head to leave out; a single task, the dataset to use instead.
+            which = f"task=joint with {annotation.task} in task.heads" if self.joint else f"task={annotation.task}"
+            instead = f" or leave {annotation.task} out of task.heads" if self.joint else ""
             raise PetlabError(
-                f"task={annotation.task} needs the release's {annotation.what}, and there are none at {folder}: "
-                f"use an Oxford-IIIT Pet copy with annotations/{annotation.folder}/ (data=oxford_pet, or data=sample)"
+                f"{which} needs the release's {annotation.what}, and there are none at {folder}: use an Oxford-IIIT "
+                f"Pet copy with annotations/{annotation.folder}/ (data=oxford_pet, or data=sample){instead}"
             )
 
     @property
