@@ -35,13 +35,16 @@ class ExponentialMovingAverage(WeightAveraging):
 
     def __init__(self, decay: float) -> None:
         self.decay = decay
-        super().__init__(avg_fn=self.averaged)
+        super().__init__(multi_avg_fn=self.average)
 
-    def averaged(self, average: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
-        if not average.is_floating_point():
-            return current
+    def average(self, averages: list[torch.Tensor], currents: list[torch.Tensor], updates: torch.Tensor) -> None:
+        """Move ``averages`` towards ``currents`` in place (one group of tensors of the same device and dtype)."""
+        if not averages[0].is_floating_point():
+            torch._foreach_copy_(averages, currents)
+            return
         decay = min(self.decay, (1 + float(updates)) / (WARMUP_OFFSET + float(updates)))
-        return average.lerp(current, 1 - decay)
+        # One fused pass over every tensor (what torch.optim.swa_utils.get_ema_multi_avg_fn does too).
+        torch._foreach_lerp_(averages, currents, 1 - decay)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Testing the best checkpoint after training must keep its averaged weights: Lightning's callback would
