@@ -275,9 +275,9 @@ class PetDataModule(L.LightningDataModule):
             images = self._dataset(train, transform, with_targets=False)
             self.mean, self.std = channel_stats(images, self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")
-        self.datasets = {
-            name: self._dataset(part, self._transform(train=False)) for name, part in frame.groupby("split")
-        }
+        # Training images get their own set (augmented, with the synthetic ones); the other splits the centre crop.
+        self.datasets = {name: self._dataset(part, self._transform(train=False))
+                         for name, part in frame.groupby("split") if name != "train"}  # fmt: skip
         self.datasets["train"], synthetic = self._training_set(train, self.image_size, self.side)
         if self.early_size:
             early_side = resized_side(self.early_size, self.crop_margin)
