@@ -7,7 +7,7 @@ SAMPLE := data/sample-pets
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample demo train test test-fast bench lint format tensorboard clean
+.PHONY: help install sample demo train test test-fast bench app lint format tensorboard clean
 
 help: ## Show this list of targets
 	@echo "Usage: make TARGET [ARGS='hydra overrides']"
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install petlab with its dev tools (once; again when pyproject changes)
+install: $(STAMP) ## Create .venv and install petlab with its dev tools and the app extra (once; again when pyproject changes)
 
 sample: $(STAMP) ## Generate the synthetic sample dataset in data/sample-pets (if absent)
 	$(BIN)/python -m petlab.data.sample --root $(SAMPLE) --if-missing
@@ -39,6 +39,9 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 
 bench: sample ## Data pipeline and training throughput, e.g. make bench ARGS="--root DIR --model cnn"
 	$(BIN)/python -m petlab.bench $(ARGS)
+
+app: $(STAMP) ## Serve the web page to try a model on 127.0.0.1:7860, e.g. make app ARGS="ckpt_path=outputs/.../best.ckpt"
+	$(BIN)/python -m petlab.app $(ARGS)
 
 lint: $(STAMP) ## Check style with ruff
 	$(BIN)/ruff check src tests

@@ -65,6 +65,13 @@ def trained_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def joint_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch joint run (species, breed, segmentation, head) of the CNN: every kind of answer."""
+    overrides = ["task=joint", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
+    return train_once(sample_root, tmp_path_factory, overrides)
+
+
 def synthetic_pets(root: Path, count: int, draw: Callable[[Path, str, np.random.Generator], None],
                    trainval_share: float = 1.0) -> Path:  # fmt: skip
     """A pets-layout dataset of ``count`` images, cats (Bengal) and dogs (beagle) in turn: ``draw(root, name,

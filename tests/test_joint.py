@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import exported_outputs, train_once
+from conftest import exported_outputs
 from conftest import run_module as petlab
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
@@ -92,12 +92,6 @@ def test_a_wrong_head_name_on_the_command_line_is_one_line_and_exit_2(sample_roo
                     cwd=tmp_path)  # fmt: skip
     output = result.stdout + result.stderr  # the training log goes to stdout, as the run's other lines
     assert result.returncode == 2 and "species, breed, segmentation, head" in output and "Traceback" not in output
-
-
-@pytest.fixture(scope="module")
-def joint_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    overrides = ["task=joint", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
-    return train_once(sample_root, tmp_path_factory, overrides)
 
 
 def test_predict_gives_every_heads_answer_for_each_image(joint_run: Path, sample_root: Path, tmp_path: Path):

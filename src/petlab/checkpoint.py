@@ -132,3 +132,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if old in data_config:
             data_config[new] = data_config.pop(old)
     return Checkpoint(model, path, data_config)
+
+
+def checkpoint_datamodule(checkpoint: Checkpoint, data_config: Any = None, **options: Any) -> Any:
+    """The data module ``checkpoint`` was trained with (or ``data_config``, any dataset with its classes),
+    reading images at its size and normalisation as validation did: no upsampling, no progressive resizing,
+    never downloading."""
+    from hydra.utils import instantiate
+
+    return instantiate(
+        data_config or checkpoint.data_config, **checkpoint.task.data_options(), image_size=checkpoint.image_size,
+        mean=checkpoint.mean, std=checkpoint.std, upsample="none", progressive_resize=None, download=False,
+        _convert_="all", **options,
+    )  # fmt: skip

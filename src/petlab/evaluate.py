@@ -15,7 +15,6 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from petlab.cli import require, user_facing
@@ -33,7 +32,7 @@ def _overrides_data() -> bool:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import RichProgressBar
 
-    from petlab.checkpoint import load_checkpoint
+    from petlab.checkpoint import checkpoint_datamodule, load_checkpoint
     from petlab.trainer import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
@@ -42,10 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     model, task = checkpoint.model, checkpoint.task
     data_config = cfg.data if _overrides_data() or not checkpoint.data_config else checkpoint.data_config
-    datamodule = instantiate(
-        data_config, **task.data_options(), image_size=checkpoint.image_size, mean=checkpoint.mean,
-        std=checkpoint.std, upsample="none", progressive_resize=None, download=False, _convert_="all",
-    )  # fmt: skip
+    datamodule = checkpoint_datamodule(checkpoint, data_config)
     datamodule.setup("test")
     for target, classes in task.label_classes().items():  # none for trimaps and boxes
         found = datamodule.label_classes.get(target, [])

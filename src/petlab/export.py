@@ -1,13 +1,16 @@
-"""``python -m petlab.export ckpt_path=FILE format=torchscript|onnx``: a self-contained model file.
+"""``python -m petlab.export ckpt_path=FILE format=torchscript|onnx|space``: a model that runs without petlab.
 
 The exported network normalises its input itself, so a user feeds RGB images scaled to [0, 1] at the
 size ``<file>.json`` gives (``input_size``) and gets the task's output (class logits for classification,
 per-pixel logits for segmentation); that file also says how to prepare an image and names the classes.
+``format=space`` writes a folder with the ONNX model and the page of ``python -m petlab.app`` that runs it,
+ready for a hosting service that serves a Gradio app from a folder.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +24,9 @@ from petlab.config import config_dir, register_resolvers
 from petlab.errors import PetlabError
 
 register_resolvers()
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "space": ""}
+# What the exported page needs, for a fresh environment (the page is written for Gradio 6).
+SPACE_REQUIREMENTS = ["gradio>=6,<7", "onnxruntime>=1.18", "numpy>=1.24", "pillow>=10"]
 
 
 def _normalised_network(checkpoint: Any) -> Any:
@@ -48,7 +53,7 @@ def _normalised_network(checkpoint: Any) -> Any:
 
 def default_output(ckpt_path: Path, file_format: str) -> Path:
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    return run_dir / "export" / f"model{FORMATS[file_format]}"
+    return run_dir / "export" / ("space" if file_format == "space" else f"model{FORMATS[file_format]}")
 
 
 def export(checkpoint: Any, file_format: str, output: Path) -> Path:
@@ -65,7 +70,7 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     outputs = checkpoint.task.export_spec()
     spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
-            "input_size": size, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
+            "input_size": size, "side": side, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
             "preprocess": preprocess, **outputs, "checkpoint": str(checkpoint.path)}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":
@@ -87,6 +92,65 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     return output
 
 
+def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int) -> Path:
+    """Write ``folder``: the ONNX model, the page that runs it without petlab (``app.py`` with petlab's
+    ``page.py`` and ``pictures.py``), ``examples/``, ``requirements.txt`` and a README on publishing it."""
+    from petlab.app import page_text
+    from petlab.web import page
+
+    model = export(checkpoint, "onnx", folder / "model.onnx")
+    sidecar = model.with_suffix(".onnx.json")
+    title, description = page_text(checkpoint)
+    spec = json.loads(sidecar.read_text())
+    spec["page"] = {"title": title, "description": description, "top_k": top_k}
+    sidecar.write_text(json.dumps(spec, indent=2) + "\n")
+    shutil.copyfile(Path(page.__file__).with_name("space_app.py"), folder / "app.py")  # run in the folder only
+    shutil.copyfile(page.__file__, folder / "page.py")
+    shutil.copyfile(Path(__file__).with_name("pictures.py"), folder / "pictures.py")
+    if examples:
+        (folder / "examples").mkdir(exist_ok=True)
+        for index, example in enumerate(examples):
+            shutil.copyfile(example, folder / "examples" / f"{index + 1}_{Path(example).name}")
+    (folder / "requirements.txt").write_text("\n".join(SPACE_REQUIREMENTS) + "\n")
+    (folder / "README.md").write_text(SPACE_README.format(title=title, description=description))
+    return folder
+
+
+SPACE_README = """---
+title: {title}
+emoji: 🐾
+colorFrom: indigo
+colorTo: pink
+sdk: gradio
+app_file: app.py
+pinned: false
+---
+
+# {title}
+
+{description}
+
+A page made by `petlab.export format=space`: `app.py` runs the exported network (`model.onnx`, with
+ONNX Runtime) without petlab; `model.onnx.json` says how images are prepared and names the classes.
+
+## Try it on this machine
+
+```bash
+python -m venv .venv
+.venv/bin/pip install -r requirements.txt
+.venv/bin/python app.py        # http://127.0.0.1:7860 (GRADIO_SERVER_NAME and GRADIO_SERVER_PORT change it)
+```
+
+## Publish it on Hugging Face Spaces
+
+1. Create a Space with the Gradio SDK at https://huggingface.co/new-space.
+2. Upload this folder as it is (its README's header tells the Space to run `app.py`), e.g.
+   `hf upload USER/SPACE . --repo-type=space`, or clone the Space's git repository, copy these files in,
+   `git lfs track "*.onnx"`, then commit and push.
+3. The Space installs `requirements.txt` and serves the page; `examples/` holds the images it offers.
+"""
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 @user_facing
 def main(cfg: DictConfig) -> None:
@@ -98,9 +162,15 @@ def main(cfg: DictConfig) -> None:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     output = Path(cfg.output).expanduser() if cfg.output else default_output(checkpoint.path, cfg.format)
     if output.exists() and not cfg.overwrite:
-        raise PetlabError(f"{output} already exists: choose another output=FILE or set overwrite=true")
-    export(checkpoint, cfg.format, output)
-    print(f"Exported {cfg.format} model to {output} (input and output spec in {output.name}.json)", file=sys.stderr)
+        raise PetlabError(f"{output} already exists: choose another output=PATH or set overwrite=true")
+    if cfg.format != "space":
+        export(checkpoint, cfg.format, output)
+        print(f"Exported {cfg.format} model to {output} (input and output spec in {output.name}.json)", file=sys.stderr)
+        return
+    from petlab.app import chosen_examples
+
+    export_space(checkpoint, output, chosen_examples(checkpoint, cfg), cfg.top_k)
+    print(f"Wrote the page's folder to {output}: see its README.md to run or publish it", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ def image_ious(confusion_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Tensor, indices: Sequence[int],
               title: str) -> Figure:  # fmt: skip
     """One row per image: the image, the true mask and the predicted mask, overlaid (ignored pixels grey)."""
-    from petlab.tasks.segmentation import IGNORE, overlay
+    from petlab.pictures import overlay
+    from petlab.tasks.segmentation import IGNORE
 
     figure = Figure(figsize=(7.5, 2.6 * max(1, len(indices))))
     axes_rows = figure.subplots(max(1, len(indices)), 3, squeeze=False)
@@ -248,7 +249,7 @@ def iou_histogram(ious: torch.Tensor, label: str) -> Figure:
 
 def box_grid(dataset: Any, boxes: torch.Tensor, ious: torch.Tensor, indices: Sequence[int], title: str) -> Figure:
     """The images as the network saw them, the true head box in green and the predicted one in red."""
-    from petlab.tasks.head import drawn
+    from petlab.pictures import drawn
 
     pictures, titles = [], []
     for index in indices:

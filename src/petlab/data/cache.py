@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from petlab.data.transforms import ItemTransform, load_rgb, resized_pixels, with_mask
+from petlab.data.transforms import ItemTransform, load_rgb, with_mask
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
+from petlab.pictures import resized_pixels
 
 CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
 

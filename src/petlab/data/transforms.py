@@ -8,34 +8,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from petlab.data.boxes import centre_crop_affine, transform_boxes
 from petlab.data.masks import MASKS, trimap_at
 from petlab.errors import PetlabError
+from petlab.pictures import open_rgb, resized_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
-    """Open any image the dataset holds (JPEG, PNG, GIF; grey, palette, RGBA, CMYK) as 3-channel RGB.
-
-    ``upright`` turns it as its EXIF orientation says, as photo viewers show it: for new photos
-    (a phone's). The dataset's own images stay as stored, because its trimaps and boxes follow the
-    stored pixels.
-    """
+    """:func:`petlab.pictures.open_rgb`, with a file that is not a readable image a PetlabError."""
     try:
-        with Image.open(path) as opened:
-            opened.seek(0)  # first frame of a GIF
-            image = ImageOps.exif_transpose(opened) if upright else opened
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                # Transparent pixels keep arbitrary colours underneath: composite on white instead.
-                rgba = image.convert("RGBA")
-                canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-                canvas.paste(rgba, mask=rgba.getchannel("A"))
-                return canvas
-            return image.convert("RGB")
+        return open_rgb(path, upright)
     except (OSError, Image.DecompressionBombError) as error:
         raise PetlabError(f"cannot read image {path}: {error}") from error
 
@@ -46,11 +33,6 @@ DEFAULT_CROP_MARGIN = 0.15  # data.crop_margin's default, for checkpoints that p
 def resized_side(image_size: int, margin: float) -> int:
     """The side every image is first resized to: ``image_size`` plus ``margin`` for crops to choose from."""
     return round(image_size * (1 + margin))
-
-
-def resized_pixels(image: Image.Image, side: int) -> np.ndarray:
-    """An RGB image resized to ``side`` x ``side`` as a (side, side, 3) uint8 array: what the cache stores."""
-    return np.array(image.resize((side, side), Image.BILINEAR))
 
 
 class ItemTransform:

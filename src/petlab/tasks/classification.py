@@ -102,4 +102,5 @@ class Classification(Task):
         return ["image", "prediction", "probability", "then"], rows
 
     def export_spec(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "output": "logits, shape (N, classes)", "output_names": ["logits"]}
+        return {"kind": self.kind, "class_names": self.class_names, "output": "logits, shape (N, classes)",
+                "output_names": ["logits"]}  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 from torchmetrics import Metric
 from torchvision.ops import box_area, generalized_box_iou_loss
@@ -22,9 +22,8 @@ from torchvision.ops import box_area, generalized_box_iou_loss
 from petlab.config import real_number, whole_number
 from petlab.errors import PetlabError
 from petlab.models import Backbone
+from petlab.pictures import drawn
 from petlab.tasks.base import Task
-
-TRUE_COLOUR, PREDICTED_COLOUR = (40, 200, 60), (230, 30, 30)
 
 
 class BoxHead(nn.Module):
@@ -163,17 +162,7 @@ class HeadBox(Task):
         return ["image", "head box x0, y0, x1, y1 (px)", "drawn"], rows
 
     def export_spec(self) -> dict[str, Any]:
-        return {"output": "head box, shape (N, 4): x0, y0, x1, y1 as fractions of the input's width and height "
+        return {"kind": self.kind,
+                "output": "head box, shape (N, 4): x0, y0, x1, y1 as fractions of the input's width and height "
                           "(clip to [0, 1], then multiply by the image's width and height for pixels)",
                 "output_names": ["box"]}  # fmt: skip
-
-
-def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] | None = None) -> Image.Image:
-    """``image`` with the ``true`` box (pixels) in green and the ``predicted`` one in red."""
-    picture = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(picture)
-    width = max(1, round(max(picture.size) / 150))
-    for box, colour in ((true, TRUE_COLOUR), (predicted, PREDICTED_COLOUR)):
-        if box is not None:
-            draw.rectangle(list(box), outline=colour, width=width)
-    return picture

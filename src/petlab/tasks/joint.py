@@ -235,7 +235,7 @@ class Joint(Task):
 
     def export_spec(self) -> dict[str, Any]:
         specs = {head: task.export_spec() for head, task in self.tasks.items()}
-        return {"output": {head: spec["output"] for head, spec in specs.items()},
+        return {"kind": self.kind, "output": {head: spec["output"] for head, spec in specs.items()},
                 "output_names": [f"{head}_{name}" for head, spec in specs.items() for name in spec["output_names"]],
                 "heads": {head: {k: v for k, v in spec.items() if k not in ("output", "output_names")}
                           for head, spec in specs.items()}}  # fmt: skip

@@ -26,6 +26,7 @@ from petlab.config import real_number, whole_number
 from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
 from petlab.models import Backbone, Stage
+from petlab.pictures import overlay
 from petlab.tasks.base import Task, mean_probabilities
 
 IGNORE = 255  # the target of pixels no loss or metric counts
@@ -36,7 +37,6 @@ CLASSES = {
 }
 # The release's trimap value of each class, for mask files that predict writes.
 TRIMAP_VALUE = {"pet": PET, "background": BACKGROUND, "border": BORDER}
-COLOURS = {"pet": (255, 0, 200), "background": (40, 90, 200), "border": (240, 240, 60)}
 
 
 class SegmentationHead(nn.Module):
@@ -175,7 +175,7 @@ class Segmentation(Task):
         return ["image", "pet area", "mask"], rows
 
     def export_spec(self) -> dict[str, Any]:
-        return {"class_names": self.class_names,
+        return {"kind": self.kind, "class_names": self.class_names,
                 "output": "per-pixel logits, shape (N, classes, H, W): resize them to the image's size",
                 "output_names": ["logits"],
                 "trimap_values": {name: TRIMAP_VALUE[name] for name in self.class_names}}  # fmt: skip
@@ -188,13 +188,3 @@ def confusions(predictions: torch.Tensor, targets: torch.Tensor, classes: int) -
     offsets = torch.arange(len(codes), device=codes.device).view(-1, 1, 1) * (classes * classes + 1)
     counts = torch.bincount((codes + offsets).flatten(), minlength=len(codes) * (classes * classes + 1))
     return counts.view(len(codes), -1)[:, : classes * classes].view(-1, classes, classes)
-
-
-def overlay(image: np.ndarray, classes: np.ndarray, class_names: Sequence[str], alpha: float = 0.45) -> Image.Image:
-    """``image`` (H, W, 3) with every pixel that is not background tinted by its class's colour."""
-    tinted = image.astype(np.float32).copy()
-    for index, name in enumerate(class_names):
-        if name != "background":
-            where = classes == index
-            tinted[where] = (1 - alpha) * tinted[where] + alpha * np.array(COLOURS[name], dtype=np.float32)
-    return Image.fromarray(tinted.round().astype(np.uint8))

@@ -1,0 +1,137 @@
+"""``python -m petlab.app ckpt_path=FILE``: a web page to try a trained model (needs the ``app`` extra).
+
+Anyone who opens it drops or picks photos and sees the model's answers, computed by ``petlab.predict``'s
+own code (same checkpoint loading, preprocessing and precision), so the page and the command line agree.
+It listens on 127.0.0.1 unless ``host=`` says otherwise, and makes a public share link only with
+``share=true``.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from petlab.cli import require, user_facing
+from petlab.config import config_dir, register_resolvers, switch
+from petlab.errors import PetlabError
+
+register_resolvers()
+FILE_SIZE = re.compile(r"^\d+(\.\d+)?\s*(b|kb|mb|gb)$", re.IGNORECASE)
+
+
+def answer_images(
+    checkpoint: Any, paths: Sequence[str], pictures_dir: Path, top_k: int = 3, tta: bool = False,
+    precision: str = "auto", batch_size: int = 32,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """``petlab.predict``'s answers for ``paths``; the masks and boxes it draws go to a new folder in
+    ``pictures_dir`` (each request its own, so that answers to different visitors never mix)."""
+    from petlab.predict import predict_files
+
+    output_dir = Path(tempfile.mkdtemp(dir=pictures_dir)) if checkpoint.task.spatial else None
+    files = [Path(path) for path in paths]
+    return list(predict_files(checkpoint, files, top_k, batch_size, precision, output_dir, tta))
+
+
+def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
+    """Up to ``count`` images of the checkpoint's test split (its validation split when it has none), a
+    class at a time; from the generated sample when the checkpoint's dataset is not on this machine."""
+    from petlab.checkpoint import checkpoint_datamodule
+
+    try:
+        datamodule = checkpoint_datamodule(checkpoint, cache=False)
+        datamodule.setup("test")
+    except Exception:  # anything that keeps the dataset from loading here: fall back to the sample
+        files = sorted((sample_root / "images").glob("*.jpg"))
+        return [str(path) for path in files[:: max(1, len(files) // count)][:count]]
+    frame = datamodule.frame
+    split = frame[frame["split"] == ("test" if datamodule.has_test else "val")]
+    rank = split.groupby("label").cumcount()
+    return list(split.assign(rank=rank).sort_values(["rank", "label"])["path"].head(count).astype(str))
+
+
+def chosen_examples(checkpoint: Any, cfg: DictConfig) -> list[str]:
+    """The images ``cfg.examples`` names: ``auto`` (see :func:`example_images`), files and folders, or none."""
+    from petlab.predict import image_files
+
+    if not isinstance(cfg.num_examples, int) or cfg.num_examples < 0:
+        raise PetlabError(f"num_examples={cfg.num_examples} must be a whole number >= 0")
+    if cfg.examples == "auto":
+        return example_images(checkpoint, cfg.num_examples, Path(cfg.paths.data_dir) / "sample-pets")
+    entries = list(cfg.examples) if isinstance(cfg.examples, ListConfig) else [cfg.examples] if cfg.examples else []
+    return [str(path) for path in image_files([str(entry) for entry in entries])]
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail in one line, before the model is served, when ``host:port`` cannot be listened on."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PetlabError(f"port {port} on {host} is in use: choose another with port=N "
+                                  f"(e.g. port={port + 1})") from error  # fmt: skip
+            raise PetlabError(f"cannot listen on {host}:{port} ({error.strerror}): choose another host=, "
+                              "e.g. host=127.0.0.1 for this machine only") from error  # fmt: skip
+
+
+def check_options(cfg: DictConfig) -> None:
+    if not isinstance(cfg.port, int) or not 1 <= cfg.port <= 65535:
+        raise PetlabError(f"port={cfg.port} must be a whole number from 1 to 65535")
+    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
+    if not FILE_SIZE.match(str(cfg.max_file_size)):
+        raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give one such as 10mb or 500kb")
+    if cfg.precision not in ("auto", "32-true", "bf16-mixed"):
+        raise PetlabError(f"unknown precision={cfg.precision}: choose auto, 32-true or bf16-mixed")
+    switch("share", cfg.share)
+    switch("tta", cfg.tta)
+
+
+def page_text(checkpoint: Any) -> tuple[str, str]:
+    """The page's title and the line under it: what the model answers, and where it comes from."""
+    task, names = checkpoint.task, checkpoint.class_names
+    question = {"classification": f"which {getattr(task, 'target', 'class')}?", "segmentation": "where is the pet?",
+                "head": "where is its head?", "joint": "every head's answer"}.get(task.kind, task.kind)  # fmt: skip
+    classes = f" ({len(names)} classes: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
+    backbone = checkpoint.model.hparams.backbone.get("name", "")
+    description = (f"Drop or pick one or more photos of cats and dogs. A {backbone} trained by petlab{classes}, "
+                   f"{checkpoint.image_size} px, from `{checkpoint.path}`.")  # fmt: skip
+    return f"petlab: {question}", description
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="app")
+@user_facing
+def main(cfg: DictConfig) -> None:
+    require(cfg, "ckpt_path")
+    check_options(cfg)
+    from petlab.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    check_port(cfg.host, cfg.port)
+    try:
+        from petlab.web.page import build_page, launch
+    except ImportError as error:
+        raise PetlabError(f"the page needs the app extra ({error.name} is missing): pip install -e '.[app]'") from error
+    examples = chosen_examples(checkpoint, cfg)
+    title, description = page_text(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="petlab-app-") as pictures_dir:
+
+        def answer(paths: list[str]) -> list[dict[str, Any]]:
+            return answer_images(checkpoint, paths, Path(pictures_dir), cfg.top_k, cfg.tta, cfg.precision)
+
+        page = build_page(answer, title, description, examples, cfg.top_k)
+        print(f"Serving {checkpoint.path} ({len(examples)} example images)", file=sys.stderr)
+        launch(page, cfg.host, cfg.port, cfg.share, str(cfg.max_file_size), [pictures_dir, *examples])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Reading photos and drawing answers on them, with numpy and Pillow only.
+
+petlab uses these, and ``petlab.export format=space`` copies this file beside the exported model, so that
+the page it runs without petlab reads an image exactly as ``petlab.predict`` does and draws the same masks
+and boxes. Keep it free of any other dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+# Segmentation classes' tints, and the head boxes' outlines (the release's box in green, the model's in red).
+COLOURS = {"pet": (255, 0, 200), "background": (40, 90, 200), "border": (240, 240, 60)}
+TRUE_COLOUR, PREDICTED_COLOUR = (40, 200, 60), (230, 30, 30)
+
+
+def open_rgb(path: str | Path, upright: bool = False) -> Image.Image:
+    """Open any image (JPEG, PNG, GIF; grey, palette, RGBA, CMYK) as 3-channel RGB.
+
+    ``upright`` turns it as its EXIF orientation says, as photo viewers show it: for new photos (a
+    phone's). A dataset's own images stay as stored, because its trimaps and boxes follow the stored
+    pixels. Raises ``OSError`` (or ``Image.DecompressionBombError``) for a file that is not a readable image.
+    """
+    with Image.open(path) as opened:
+        opened.seek(0)  # first frame of a GIF
+        image = ImageOps.exif_transpose(opened) if upright else opened
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # Transparent pixels keep arbitrary colours underneath: composite on white instead.
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            return canvas
+        return image.convert("RGB")
+
+
+def resized_pixels(image: Image.Image, side: int) -> np.ndarray:
+    """An RGB image resized to ``side`` x ``side`` as a (side, side, 3) uint8 array: what the cache stores."""
+    return np.array(image.resize((side, side), Image.BILINEAR))
+
+
+def overlay(image: np.ndarray, classes: np.ndarray, class_names: Sequence[str], alpha: float = 0.45) -> Image.Image:
+    """``image`` (H, W, 3) with every pixel that is not background tinted by its class's colour."""
+    tinted = image.astype(np.float32).copy()
+    for index, name in enumerate(class_names):
+        if name != "background":
+            where = classes == index
+            tinted[where] = (1 - alpha) * tinted[where] + alpha * np.array(COLOURS[name], dtype=np.float32)
+    return Image.fromarray(tinted.round().astype(np.uint8))
+
+
+def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] | None = None) -> Image.Image:
+    """``image`` with the ``true`` box (pixels) in green and the ``predicted`` one in red."""
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(max(picture.size) / 150))
+    for box, colour in ((true, TRUE_COLOUR), (predicted, PREDICTED_COLOUR)):
+        if box is not None:
+            draw.rectangle(list(box), outline=colour, width=width)
+    return picture

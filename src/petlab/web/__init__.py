@@ -1,0 +1,1 @@
+"""The page that tries a model (Gradio), and the app an exported space folder runs."""
