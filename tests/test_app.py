@@ -106,6 +106,8 @@ def test_examples_come_from_the_checkpoints_test_split_a_class_at_a_time(trained
     examples = example_images(checkpoint, 4, tmp_path / "no-sample")
     breeds = {Path(path).stem.rsplit("_", 1)[0] for path in examples}
     assert len(examples) == 4 and len(breeds) == 4 and all(Path(path).is_file() for path in examples)
+    checkpoint.data_config = {**checkpoint.data_config, "root": str(tmp_path / "moved")}
+    assert example_images(checkpoint, 4, tmp_path / "no-sample") == []  # neither the dataset nor the sample
 
 
 def test_the_client_gets_the_pages_answers_from_a_running_server(trained_run: Path, photos: list[str],

@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from petlab.cli import require, user_facing
+from petlab.cli import require, user_error, user_facing
 from petlab.config import config_dir, register_resolvers, switch
 from petlab.errors import PetlabError
 
@@ -46,12 +46,18 @@ def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
     class at a time; from the generated sample when the checkpoint's dataset is not on this machine."""
     from petlab.checkpoint import checkpoint_datamodule
 
-    try:
-        datamodule = checkpoint_datamodule(checkpoint, cache=False)
-        datamodule.setup("test")
-    except Exception:  # anything that keeps the dataset from loading here: fall back to the sample
+    datamodule = None
+    if count and checkpoint.data_config:  # a first-release checkpoint does not say what it was trained on
+        try:
+            datamodule = checkpoint_datamodule(checkpoint, cache=False)
+            datamodule.setup("test")
+        except Exception as error:  # the dataset is not here (moved, another machine): use the sample
+            if user_error(error) is None:
+                raise
+            datamodule = None
+    if datamodule is None:
         files = sorted((sample_root / "images").glob("*.jpg"))
-        return [str(path) for path in files[:: max(1, len(files) // count)][:count]]
+        return [str(path) for path in files[:: max(1, len(files) // max(count, 1))][:count]]
     frame = datamodule.frame
     split = frame[frame["split"] == ("test" if datamodule.has_test else "val")]
     rank = split.groupby("label").cumcount()
