@@ -241,3 +241,29 @@ def test_a_browser_uploads_a_photo_and_reads_the_top_class(trained_run: Path, ph
         top_class = bounded(browse, url)
     assert top_class == expected["top"][0]["class"]
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_the_exported_pages_model_answers_every_head_like_the_checkpoint(joint_run: Path, photos: list[str],
+                                                                          tmp_path: Path, monkeypatch):  # fmt: skip
+    """The exported folder's own code (app.py, page.py, pictures.py), run here on a joint model: the same
+    classes, pet area and head box as the checkpoint's answers, and the file that is not an image skipped."""
+    from petlab.export import export_space
+
+    checkpoint = load_checkpoint(best_checkpoint(joint_run))
+    folder = export_space(checkpoint, tmp_path / "space", photos[:1], top_k=3)
+    monkeypatch.syspath_prepend(str(folder))
+    for name in ("app", "page", "pictures"):  # the folder's modules, not petlab's of the same names
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import app
+
+    exported = app.ExportedModel(folder).answer_images(photos[:2] + photos[-1:], tmp_path / "exported", 3)
+    expected = answer_images(checkpoint, photos[:2] + photos[-1:], tmp_path, precision="32-true")
+    assert exported[-1] == expected[-1] == {"image": photos[-1], "error": "not a readable image: skipped"}
+    for answer, wanted in zip(exported[:2], expected[:2], strict=True):
+        for head in ("species", "breed"):
+            classes = [entry["class"] for entry in answer[head]["top"]]
+            assert classes == [entry["class"] for entry in wanted[head]["top"]]
+        assert abs(answer["segmentation"]["pet_fraction"] - wanted["segmentation"]["pet_fraction"]) <= 0.01
+        assert max(abs(a - b) for a, b in zip(answer["head"]["box"], wanted["head"]["box"], strict=True)) <= 0.5
+        assert Path(answer["segmentation"]["overlay"]).is_file() and Path(answer["head"]["drawn"]).is_file()
+    assert (folder / "examples" / "1_Abyssinian_1.jpg").is_file()

@@ -83,6 +83,7 @@ class ExportedModel:
         return answers.get("", answers)  # a single head's answer as it is
 
     def answer_images(self, paths: list[str], output_dir: Path, top_k: int) -> list[dict[str, Any]]:
+        output_dir.mkdir(parents=True, exist_ok=True)
         results = []
         for index, path in enumerate(paths):
             try:
