@@ -10,12 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import run_module as petlab
 
@@ -39,7 +41,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(answer: Any, examples: list[str] = (), max_file_size: str = "10mb") -> Any:
+def serving(answer: Any, examples: Sequence[str] = (), max_file_size: str = "10mb") -> Any:
     """The page for ``answer`` on a free port of 127.0.0.1 (its address), closed when the block ends."""
     page = build_page(answer, "petlab test", "a test page", examples, top_k=3)
     url = launch(page, "127.0.0.1", free_port(), max_file_size=max_file_size, block=False)
@@ -147,6 +149,15 @@ def test_a_bad_checkpoint_is_one_line_and_exit_2_before_any_server(problem: str,
     result = petlab("petlab.app", f"ckpt_path={path}", f"port={free_port()}", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "ckpt_path=" in result.stderr
     assert "Running on" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("option", "named"), [("max_file_size=1.5mb", "max_file_size=1.5mb is not a size"),
+                                               ("host=null", "host=None is not an address"),
+                                               ("examples=[nowhere.jpg]", "in examples=[...]")])  # fmt: skip
+def test_a_wrong_option_is_one_line_and_exit_2(trained_run: Path, tmp_path: Path, option: str, named: str):
+    result = petlab("petlab.app", f"ckpt_path={best_checkpoint(trained_run)}", f"port={free_port()}", option,
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and named in result.stderr, result.stderr
 
 
 def test_a_port_in_use_is_named_with_how_to_choose_another(trained_run: Path, tmp_path: Path):
@@ -266,4 +277,7 @@ def test_the_exported_pages_model_answers_every_head_like_the_checkpoint(joint_r
         assert abs(answer["segmentation"]["pet_fraction"] - wanted["segmentation"]["pet_fraction"]) <= 0.01
         assert max(abs(a - b) for a, b in zip(answer["head"]["box"], wanted["head"]["box"], strict=True)) <= 0.5
         assert Path(answer["segmentation"]["overlay"]).is_file() and Path(answer["head"]["drawn"]).is_file()
-    assert (folder / "examples" / "1_Abyssinian_1.jpg").is_file()
+    assert [path.name for path in (folder / "examples").iterdir()] == ["01_Abyssinian_1.jpg"]
+    header = yaml.safe_load((folder / "README.md").read_text().split("---")[1])  # the Space's config
+    assert header["title"] == "petlab: every head's answer" and header["app_file"] == "app.py"
+    assert header["sdk"] == "gradio" and header["sdk_version"] == gradio.__version__

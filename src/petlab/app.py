@@ -21,11 +21,12 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from petlab.cli import require, user_error, user_facing
-from petlab.config import config_dir, register_resolvers, switch
+from petlab.config import config_dir, register_resolvers, switch, whole_number
 from petlab.errors import PetlabError
 
 register_resolvers()
-FILE_SIZE = re.compile(r"^\d+(\.\d+)?\s*(b|kb|mb|gb)$", re.IGNORECASE)
+FILE_SIZE = re.compile(r"^\d+\s*(b|kb|mb|gb)$", re.IGNORECASE)  # what Gradio's max_file_size reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def answer_images(
@@ -33,10 +34,11 @@ def answer_images(
     precision: str = "auto", batch_size: int = 32,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """``petlab.predict``'s answers for ``paths``; the masks and boxes it draws go to a new folder in
-    ``pictures_dir`` (each request its own, so that answers to different visitors never mix)."""
+    ``pictures_dir`` (see :func:`petlab.pictures.answers_folder`)."""
+    from petlab.pictures import answers_folder
     from petlab.predict import predict_files
 
-    output_dir = Path(tempfile.mkdtemp(dir=pictures_dir)) if checkpoint.task.spatial else None
+    output_dir = answers_folder(pictures_dir) if checkpoint.task.spatial else None
     files = [Path(path) for path in paths]
     return list(predict_files(checkpoint, files, top_k, batch_size, precision, output_dir, tta))
 
@@ -65,41 +67,47 @@ def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
 
 
 def chosen_examples(checkpoint: Any, cfg: DictConfig) -> list[str]:
-    """The images ``cfg.examples`` names: ``auto`` (see :func:`example_images`), files and folders, or none."""
+    """The images ``cfg.examples`` names: ``auto`` (see :func:`example_images`), or the image files named
+    and those in the folders named, or none."""
     from petlab.predict import image_files
 
-    if not isinstance(cfg.num_examples, int) or cfg.num_examples < 0:
-        raise PetlabError(f"num_examples={cfg.num_examples} must be a whole number >= 0")
+    whole_number("num_examples", cfg.num_examples, 0)
     if cfg.examples == "auto":
         return example_images(checkpoint, cfg.num_examples, Path(cfg.paths.data_dir) / "sample-pets")
     entries = list(cfg.examples) if isinstance(cfg.examples, ListConfig) else [cfg.examples] if cfg.examples else []
-    return [str(path) for path in image_files([str(entry) for entry in entries])]
+    files = image_files([str(entry) for entry in entries], option="examples")
+    return [str(path) for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def check_port(host: str, port: int) -> None:
     """Fail in one line, before the model is served, when ``host:port`` cannot be listened on."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the server binds: a port left in TIME_WAIT by a page stopped a moment ago is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PetlabError(f"port {port} on {host} is in use: choose another with port=N "
                                   f"(e.g. port={port + 1})") from error  # fmt: skip
+            if error.errno == errno.EACCES:
+                raise PetlabError(f"port {port} needs administrator rights: choose one from 1024 up, "
+                                  "e.g. port=7860") from error  # fmt: skip
             raise PetlabError(f"cannot listen on {host}:{port} ({error.strerror}): choose another host=, "
                               "e.g. host=127.0.0.1 for this machine only") from error  # fmt: skip
 
 
 def check_options(cfg: DictConfig) -> None:
-    if not isinstance(cfg.port, int) or not 1 <= cfg.port <= 65535:
-        raise PetlabError(f"port={cfg.port} must be a whole number from 1 to 65535")
-    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
-        raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
+    from petlab.predict import check_answer_options
+
+    check_answer_options(cfg)
+    if not isinstance(cfg.host, str) or not cfg.host:
+        raise PetlabError(f"host={cfg.host} is not an address: give one such as 127.0.0.1 or 0.0.0.0")
+    whole_number("port", cfg.port, 1, 65535)
     if not FILE_SIZE.match(str(cfg.max_file_size)):
-        raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give one such as 10mb or 500kb")
-    if cfg.precision not in ("auto", "32-true", "bf16-mixed"):
-        raise PetlabError(f"unknown precision={cfg.precision}: choose auto, 32-true or bf16-mixed")
+        raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give a whole number of b, kb, mb or "
+                          "gb, such as 10mb or 500kb")  # fmt: skip
     switch("share", cfg.share)
-    switch("tta", cfg.tta)
 
 
 def page_text(checkpoint: Any) -> tuple[str, str]:
@@ -109,8 +117,10 @@ def page_text(checkpoint: Any) -> tuple[str, str]:
                 "head": "where is its head?", "joint": "every head's answer"}.get(task.kind, task.kind)  # fmt: skip
     classes = f" ({len(names)} classes: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
     backbone = checkpoint.model.hparams.backbone.get("name", "")
+    path = checkpoint.path  # named by its run, never by where it lies on this machine
+    source = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
     description = (f"Drop or pick one or more photos of cats and dogs. A {backbone} trained by petlab{classes}, "
-                   f"{checkpoint.image_size} px, from `{checkpoint.path}`.")  # fmt: skip
+                   f"{checkpoint.image_size} px, from `{source}`.")  # fmt: skip
     return f"petlab: {question}", description
 
 
@@ -119,14 +129,14 @@ def page_text(checkpoint: Any) -> tuple[str, str]:
 def main(cfg: DictConfig) -> None:
     require(cfg, "ckpt_path")
     check_options(cfg)
-    from petlab.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    check_port(cfg.host, cfg.port)
     try:
         from petlab.web.page import build_page, launch
     except ImportError as error:
         raise PetlabError(f"the page needs the app extra ({error.name} is missing): pip install -e '.[app]'") from error
+    from petlab.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    check_port(cfg.host, cfg.port)
     examples = chosen_examples(checkpoint, cfg)
     title, description = page_text(checkpoint)
     with tempfile.TemporaryDirectory(prefix="petlab-app-") as pictures_dir:

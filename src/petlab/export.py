@@ -9,6 +9,7 @@ ready for a hosting service that serves a Gradio app from a folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -20,13 +21,16 @@ import hydra
 from omegaconf import DictConfig
 
 from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers
+from petlab.config import config_dir, register_resolvers, whole_number
 from petlab.errors import PetlabError
 
 register_resolvers()
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "space": ""}
-# What the exported page needs, for a fresh environment (the page is written for Gradio 6).
-SPACE_REQUIREMENTS = ["gradio>=6,<7", "onnxruntime>=1.18", "numpy>=1.24", "pillow>=10"]
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+CHOICES = (*FORMATS, "space")  # space: a folder, see export_space
+# What the exported page needs in a fresh environment, at least the versions that exported and tested it
+# here (an older onnxruntime may not read the model's opset); the page is written for Gradio 6.
+SPACE_REQUIREMENTS = {"gradio": ("6", "7"), "onnxruntime": ("1.18", None), "numpy": ("1.24", None),
+                      "pillow": ("10", None)}  # fmt: skip
 
 
 def _normalised_network(checkpoint: Any) -> Any:
@@ -54,6 +58,19 @@ def _normalised_network(checkpoint: Any) -> Any:
 def default_output(ckpt_path: Path, file_format: str) -> Path:
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
     return run_dir / "export" / ("space" if file_format == "space" else f"model{FORMATS[file_format]}")
+
+
+def space_requirements() -> dict[str, str]:
+    """What an exported page requires, by package: from the version installed here (or a known minimum),
+    below the next incompatible major version where there is one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    requirements = {}
+    for package, (minimum, below) in SPACE_REQUIREMENTS.items():
+        with contextlib.suppress(PackageNotFoundError):
+            minimum = version(package)
+        requirements[package] = f">={minimum}" + (f",<{below}" if below else "")
+    return requirements
 
 
 def export(checkpoint: Any, file_format: str, output: Path) -> Path:
@@ -96,7 +113,6 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     """Write ``folder``: the ONNX model, the page that runs it without petlab (``app.py`` with petlab's
     ``page.py`` and ``pictures.py``), ``examples/``, ``requirements.txt`` and a README on publishing it."""
     from petlab.app import page_text
-    from petlab.web import page
 
     model = export(checkpoint, "onnx", folder / "model.onnx")
     sidecar = model.with_suffix(".onnx.json")
@@ -104,28 +120,29 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     spec = json.loads(sidecar.read_text())
     spec["page"] = {"title": title, "description": description, "top_k": top_k}
     sidecar.write_text(json.dumps(spec, indent=2) + "\n")
-    shutil.copyfile(Path(page.__file__).with_name("space_app.py"), folder / "app.py")  # run in the folder only
-    shutil.copyfile(page.__file__, folder / "page.py")
-    shutil.copyfile(Path(__file__).with_name("pictures.py"), folder / "pictures.py")
+    package = Path(__file__).parent
+    shutil.copyfile(package / "web" / "space_app.py", folder / "app.py")
+    shutil.copyfile(package / "web" / "page.py", folder / "page.py")
+    shutil.copyfile(package / "pictures.py", folder / "pictures.py")
+    shutil.rmtree(folder / "examples", ignore_errors=True)  # an earlier export's examples, when overwriting
     if examples:
-        (folder / "examples").mkdir(exist_ok=True)
+        (folder / "examples").mkdir()
         for index, example in enumerate(examples):
-            shutil.copyfile(example, folder / "examples" / f"{index + 1}_{Path(example).name}")
-    (folder / "requirements.txt").write_text("\n".join(SPACE_REQUIREMENTS) + "\n")
-    (folder / "README.md").write_text(SPACE_README.format(title=title, description=description))
+            shutil.copyfile(example, folder / "examples" / f"{index + 1:02d}_{Path(example).name}")
+    requirements = space_requirements()
+    (folder / "requirements.txt").write_text("".join(f"{name}{versions}\n" for name, versions in requirements.items()))
+    # The Space's header (YAML): the Gradio it runs is the one the page was tested with here.
+    gradio_version = requirements["gradio"].removeprefix(">=").split(",")[0]
+    header = {"title": title, "emoji": "🐾", "colorFrom": "indigo", "colorTo": "pink", "sdk": "gradio",
+              "sdk_version": gradio_version, "app_file": "app.py", "pinned": False}  # fmt: skip
+    front_matter = "".join(f"{key}: {json.dumps(value, ensure_ascii=False)}\n" for key, value in header.items())
+    (folder / "README.md").write_text(
+        f"---\n{front_matter}---\n" + SPACE_README.format(title=title, description=description)
+    )
     return folder
 
 
-SPACE_README = """---
-title: {title}
-emoji: 🐾
-colorFrom: indigo
-colorTo: pink
-sdk: gradio
-app_file: app.py
-pinned: false
----
-
+SPACE_README = """
 # {title}
 
 {description}
@@ -157,12 +174,17 @@ def main(cfg: DictConfig) -> None:
     from petlab.checkpoint import load_checkpoint
 
     require(cfg, "ckpt_path")
-    if cfg.format not in FORMATS:
-        raise PetlabError(f"unknown format={cfg.format}: choose one of {', '.join(FORMATS)}")
+    if cfg.format not in CHOICES:
+        raise PetlabError(f"unknown format={cfg.format}: choose one of {', '.join(CHOICES)}")
+    if cfg.format == "space":
+        whole_number("top_k", cfg.top_k, 1)
     checkpoint = load_checkpoint(cfg.ckpt_path)
     output = Path(cfg.output).expanduser() if cfg.output else default_output(checkpoint.path, cfg.format)
     if output.exists() and not cfg.overwrite:
         raise PetlabError(f"{output} already exists: choose another output=PATH or set overwrite=true")
+    if output.exists() and output.is_dir() != (cfg.format == "space"):
+        kind = "a folder" if cfg.format == "space" else "a file"
+        raise PetlabError(f"output={output} exists and is not {kind}: choose another output=PATH")
     if cfg.format != "space":
         export(checkpoint, cfg.format, output)
         print(f"Exported {cfg.format} model to {output} (input and output spec in {output.name}.json)", file=sys.stderr)

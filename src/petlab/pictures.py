@@ -7,6 +7,9 @@ and boxes. Keep it free of any other dependency.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,3 +64,14 @@ def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] 
         if box is not None:
             draw.rectangle(list(box), outline=colour, width=width)
     return picture
+
+
+def answers_folder(parent: Path, keep_s: float = 3600) -> Path:
+    """A new folder in ``parent`` for one request's drawn answers (requests of different visitors never
+    share one); folders older than ``keep_s`` seconds go, so that a page that runs for weeks does not
+    fill its disk (the page has shown them by then)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        if old.is_dir() and time.time() - old.stat().st_mtime > keep_s:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=parent))

@@ -18,15 +18,16 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers, switch
+from petlab.config import config_dir, register_resolvers, switch, whole_number
 from petlab.errors import PetlabError
 
 register_resolvers()
 OUTPUTS = ("table", "json")
+PRECISIONS = ("auto", "32-true", "bf16-mixed")
 
 
-def image_files(entries: Sequence[str]) -> list[Path]:
-    """The files named, and every file under the folders named, in order."""
+def image_files(entries: Sequence[str], option: str = "images") -> list[Path]:
+    """The files named, and every file under the folders named, in order (``option``: the key that named them)."""
     files = []
     for entry in entries:
         path = Path(entry).expanduser()
@@ -35,8 +36,16 @@ def image_files(entries: Sequence[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise PetlabError(f"{entry} does not exist: give image files or folders in images=[...]")
+            raise PetlabError(f"{entry} does not exist: give image files or folders in {option}=[...]")
     return files
+
+
+def check_answer_options(cfg: DictConfig) -> None:
+    """The options that shape answers, shared by petlab.predict and petlab.app."""
+    whole_number("top_k", cfg.top_k, 1)
+    if cfg.precision not in PRECISIONS:
+        raise PetlabError(f"unknown precision={cfg.precision}: choose {', '.join(PRECISIONS)}")
+    switch("tta", cfg.tta)
 
 
 def predict_files(
@@ -139,11 +148,7 @@ def main(cfg: DictConfig) -> None:
     require(cfg, "ckpt_path", "images")
     if cfg.output not in OUTPUTS:
         raise PetlabError(f"unknown output={cfg.output}: choose table or json")
-    if cfg.precision not in ("auto", "32-true", "bf16-mixed"):
-        raise PetlabError(f"unknown precision={cfg.precision}: choose auto, 32-true or bf16-mixed")
-    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
-        raise PetlabError(f"top_k={cfg.top_k} must be a whole number >= 1")
-    switch("tta", cfg.tta)
+    check_answer_options(cfg)
     entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
     checkpoint = load_checkpoint(cfg.ckpt_path)
     files = image_files(entries)

@@ -80,12 +80,10 @@ def build_page(
     top-k classes, the pictures and a table of every answer. Its ``predict`` API answers the same."""
 
     def respond(files: list[str] | None) -> tuple[Any, ...]:
-        if not files:
-            return None, [], [], ""
-        label, pictures, rows, note = shown(answer_images([str(path) for path in files]))
-        return label, pictures, rows, note
+        return shown(answer_images([str(path) for path in files])) if files else (None, [], [], "")
 
-    with gr.Blocks(title=title, analytics_enabled=False) as page:
+    # Uploads and shown pictures leave Gradio's cache after an hour, so that a page up for weeks keeps its disk.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"# {title}\n{description}")
         with gr.Row():
             with gr.Column():

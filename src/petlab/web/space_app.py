@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 from page import build_page, launch
-from pictures import drawn, open_rgb, overlay, resized_pixels
+from pictures import answers_folder, drawn, open_rgb, overlay, resized_pixels
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -29,12 +29,21 @@ def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     return exponentials / exponentials.sum(axis=axis, keepdims=True)
 
 
+def bilinear_positions(size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``size`` output positions, the two source positions and the second's weight, as torch's
+    bilinear ``interpolate`` (``align_corners=False``, no antialiasing) reads them."""
+    source = np.maximum((np.arange(size) + 0.5) * (source_size / size) - 0.5, 0)
+    low = np.minimum(source.astype(np.int64), source_size - 1)
+    return low, np.minimum(low + 1, source_size - 1), source - low
+
+
 def full_size_classes(logits: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The class of every pixel of a ``width`` x ``height`` image from its (classes, h, w) logits: each map
-    resized bilinearly (as petlab does), then the best class per pixel."""
-    maps = [np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).resize(
-        (width, height), Image.BILINEAR)) for channel in logits]  # fmt: skip
-    return np.stack(maps).argmax(axis=0)
+    """The class of every pixel of a ``width`` x ``height`` image from its (classes, h, w) logits, resized
+    as petlab resizes them (torch's bilinear interpolation), then the best class per pixel."""
+    top, bottom, down = bilinear_positions(height, logits.shape[1])
+    left, right, across = bilinear_positions(width, logits.shape[2])
+    rows = logits[:, top] * (1 - down[:, None]) + logits[:, bottom] * down[:, None]
+    return (rows[:, :, left] * (1 - across) + rows[:, :, right] * across).argmax(axis=0)
 
 
 class ExportedModel:
@@ -43,8 +52,7 @@ class ExportedModel:
     def __init__(self, folder: Path) -> None:
         self.spec = json.loads((folder / "model.onnx.json").read_text())
         self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        spec = self.spec
-        self.heads = spec["heads"] if spec["kind"] == "joint" else {"": spec}
+        self.heads = self.spec["heads"] if self.spec["kind"] == "joint" else {"": self.spec}
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """An image as the network takes it: resized to ``side``, its centre ``input_size`` square, in [0, 1]."""
@@ -104,7 +112,7 @@ def main() -> None:
     pictures_dir = Path(tempfile.mkdtemp(prefix="petlab-space-"))
 
     def answer(paths: list[str]) -> list[dict[str, Any]]:
-        return model.answer_images(paths, Path(tempfile.mkdtemp(dir=pictures_dir)), page_spec["top_k"])
+        return model.answer_images(paths, answers_folder(pictures_dir), page_spec["top_k"])
 
     examples = sorted(str(path) for path in (HERE / "examples").glob("*") if path.is_file())
     page = build_page(answer, page_spec["title"], page_spec["description"], examples, page_spec["top_k"])
