@@ -40,7 +40,7 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 bench: sample ## Data pipeline and training throughput, e.g. make bench ARGS="--root DIR --model cnn"
 	$(BIN)/python -m petlab.bench $(ARGS)
 
-app: $(STAMP) ## Serve the web page to try a model on 127.0.0.1:7860, e.g. make app ARGS="ckpt_path=outputs/.../best.ckpt"
+app: $(STAMP) ## Serve the web page to try a model on 127.0.0.1:7860, e.g. make app ARGS="ckpt_path=outputs/runs/RUN/checkpoints/last.ckpt"
 	$(BIN)/python -m petlab.app $(ARGS)
 
 lint: $(STAMP) ## Check style with ruff
