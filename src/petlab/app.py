@@ -25,7 +25,7 @@ from petlab.config import config_dir, register_resolvers, switch, whole_number
 from petlab.errors import PetlabError
 
 register_resolvers()
-FILE_SIZE = re.compile(r"^\d+\s*(b|kb|mb|gb)$", re.IGNORECASE)  # what Gradio's max_file_size reads
+FILE_SIZE = re.compile(r"^[1-9]\d*\s*(b|kb|mb|gb)$", re.IGNORECASE)  # what Gradio's max_file_size reads
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -73,10 +73,18 @@ def chosen_examples(checkpoint: Any, cfg: DictConfig) -> list[str]:
 
     whole_number("num_examples", cfg.num_examples, 0)
     if cfg.examples == "auto":
-        return example_images(checkpoint, cfg.num_examples, Path(cfg.paths.data_dir) / "sample-pets")
+        sample = Path(cfg.paths.data_dir) / "sample-pets"
+        examples = example_images(checkpoint, cfg.num_examples, sample)
+        if not examples and cfg.num_examples:
+            print(f"note: no example images: the dataset at {checkpoint.data_config.get('root')} is not here, and "
+                  f"there is no generated sample at {sample} (make sample writes one)", file=sys.stderr)  # fmt: skip
+        return examples
     entries = list(cfg.examples) if isinstance(cfg.examples, ListConfig) else [cfg.examples] if cfg.examples else []
-    files = image_files([str(entry) for entry in entries], option="examples")
-    return [str(path) for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+    files = []
+    for entry in map(str, entries):  # a folder's images, and every file named
+        found = image_files([entry], option="examples")
+        files += [path for path in found if path.suffix.lower() in IMAGE_SUFFIXES] if Path(entry).is_dir() else found
+    return [str(path) for path in files[: cfg.num_examples]]
 
 
 def check_port(host: str, port: int) -> None:
@@ -105,8 +113,8 @@ def check_options(cfg: DictConfig) -> None:
         raise PetlabError(f"host={cfg.host} is not an address: give one such as 127.0.0.1 or 0.0.0.0")
     whole_number("port", cfg.port, 1, 65535)
     if not FILE_SIZE.match(str(cfg.max_file_size)):
-        raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give a whole number of b, kb, mb or "
-                          "gb, such as 10mb or 500kb")  # fmt: skip
+        raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give a whole number (from 1) of b, "
+                          "kb, mb or gb, such as 10mb or 500kb")  # fmt: skip
     switch("share", cfg.share)
 
 
@@ -117,10 +125,8 @@ def page_text(checkpoint: Any) -> tuple[str, str]:
                 "head": "where is its head?", "joint": "every head's answer"}.get(task.kind, task.kind)  # fmt: skip
     classes = f" ({len(names)} classes: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
     backbone = checkpoint.model.hparams.backbone.get("name", "")
-    path = checkpoint.path  # named by its run, never by where it lies on this machine
-    source = f"{path.parent.parent.name}/{path.name}" if path.parent.name == "checkpoints" else path.name
     description = (f"Drop or pick one or more photos of cats and dogs. A {backbone} trained by petlab{classes}, "
-                   f"{checkpoint.image_size} px, from `{source}`.")  # fmt: skip
+                   f"{checkpoint.image_size} px, from `{checkpoint.name}`.")  # fmt: skip
     return f"petlab: {question}", description
 
 
@@ -145,7 +151,8 @@ def main(cfg: DictConfig) -> None:
             return answer_images(checkpoint, paths, Path(pictures_dir), cfg.top_k, cfg.tta, cfg.precision)
 
         page = build_page(answer, title, description, examples, cfg.top_k)
-        print(f"Serving {checkpoint.path} ({len(examples)} example images)", file=sys.stderr)
+        print(f"Serving {checkpoint.path} ({len(examples)} example image{'' if len(examples) == 1 else 's'})",
+              file=sys.stderr)  # fmt: skip
         launch(page, cfg.host, cfg.port, cfg.share, str(cfg.max_file_size), [pictures_dir, *examples])
 
 

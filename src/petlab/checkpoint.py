@@ -32,6 +32,12 @@ class Checkpoint:
         return list(getattr(self.task, "class_names", []))
 
     @property
+    def name(self) -> str:
+        """The checkpoint named by its run (``RUN/epoch_003.ckpt``), never by where it lies on this machine."""
+        in_run = self.path.parent.name == "checkpoints"
+        return f"{self.path.parent.parent.name}/{self.path.name}" if in_run else self.path.name
+
+    @property
     def image_size(self) -> int:
         return int(self.model.hparams.image_size)
 
@@ -54,7 +60,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     A missing, truncated, corrupt or foreign file is a PetlabError that says so in one line.
     """
+    if not isinstance(path, str | Path) or not str(path):
+        raise PetlabError(f"ckpt_path={path!r} is not a file path: give a .ckpt file from a run's checkpoints/ folder")
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise PetlabError(f"ckpt_path={path} is a folder: give a .ckpt file, e.g. {path}/checkpoints/last.ckpt")
     if not path.is_file():
         raise PetlabError(f"ckpt_path={path} does not exist: give a .ckpt file from a run's checkpoints/ folder")
     try:
@@ -100,8 +110,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
     Checkpoints of petlab's first release (format 1) are upgraded as they load.
     """
-    path = Path(path).expanduser()
     content = read_checkpoint(path)
+    path = Path(path).expanduser()
     hparams, state = dict(content["hyper_parameters"]), content["state_dict"]
     checkpoint_format = content["petlab"].get("format", 1)
     if checkpoint_format > CHECKPOINT_FORMAT:

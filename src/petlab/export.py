@@ -119,6 +119,7 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     title, description = page_text(checkpoint)
     spec = json.loads(sidecar.read_text())
     spec["page"] = {"title": title, "description": description, "top_k": top_k}
+    spec["checkpoint"] = checkpoint.name  # published: never the path on this machine
     sidecar.write_text(json.dumps(spec, indent=2) + "\n")
     package = Path(__file__).parent
     shutil.copyfile(package / "web" / "space_app.py", folder / "app.py")
@@ -130,6 +131,7 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
         for index, example in enumerate(examples):
             shutil.copyfile(example, folder / "examples" / f"{index + 1:02d}_{Path(example).name}")
     requirements = space_requirements()
+    (folder / ".gitignore").write_text(".venv/\n__pycache__/\n")  # what running it here adds, never published
     (folder / "requirements.txt").write_text("".join(f"{name}{versions}\n" for name, versions in requirements.items()))
     # The Space's header (YAML): the Gradio it runs is the one the page was tested with here.
     gradio_version = requirements["gradio"].removeprefix(">=").split(",")[0]
@@ -153,10 +155,12 @@ ONNX Runtime) without petlab; `model.onnx.json` says how images are prepared and
 ## Try it on this machine
 
 ```bash
-python -m venv .venv
-.venv/bin/pip install -r requirements.txt
-.venv/bin/python app.py        # http://127.0.0.1:7860 (GRADIO_SERVER_NAME and GRADIO_SERVER_PORT change it)
+python -m venv ../space-venv     # outside this folder, so that it is never uploaded with it
+../space-venv/bin/pip install -r requirements.txt
+../space-venv/bin/python app.py  # http://127.0.0.1:7860 (GRADIO_SERVER_NAME and GRADIO_SERVER_PORT change it)
 ```
+
+It computes in fp32, as `petlab.predict precision=32-true` does.
 
 ## Publish it on Hugging Face Spaces
 

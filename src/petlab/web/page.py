@@ -11,6 +11,7 @@ model) or ``{"image", "error"}``. Keep it free of petlab imports.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,7 +93,7 @@ def build_page(
                     gr.Examples([[[path]] for path in examples], inputs=files, label="Or try one of these")
             with gr.Column():
                 label = gr.Label(label="First image: top classes", num_top_classes=top_k, elem_id="top-classes")
-                note = gr.Markdown(elem_id="problems")
+                note = gr.Markdown(label="problems", elem_id="problems")
                 pictures = gr.Gallery(label="Answers", columns=3, height=360, object_fit="contain", elem_id="pictures")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Every answer", interactive=False, elem_id="answers")
         files.change(respond, inputs=files, outputs=[label, pictures, table, note], api_name="predict")
@@ -113,5 +114,7 @@ def launch(
     if block:
         public = f", and publicly on {share_url}" if share_url else ""
         print(f"The page is on {url}{public} (Ctrl+C stops it)", file=sys.stderr, flush=True)
+        # A service manager's or timeout's SIGTERM stops it as Ctrl+C does: the server closes, temporary files go.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         page.block_thread()
     return url

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -109,15 +110,18 @@ class ExportedModel:
 def main() -> None:
     model = ExportedModel(HERE)
     page_spec = model.spec["page"]
-    pictures_dir = Path(tempfile.mkdtemp(prefix="petlab-space-"))
-
-    def answer(paths: list[str]) -> list[dict[str, Any]]:
-        return model.answer_images(paths, answers_folder(pictures_dir), page_spec["top_k"])
-
     examples = sorted(str(path) for path in (HERE / "examples").glob("*") if path.is_file())
-    page = build_page(answer, page_spec["title"], page_spec["description"], examples, page_spec["top_k"])
-    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
-    launch(page, host, int(os.environ.get("GRADIO_SERVER_PORT", "7860")), allowed_paths=[str(pictures_dir)])
+    host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    with tempfile.TemporaryDirectory(prefix="petlab-space-") as pictures_dir:
+
+        def answer(paths: list[str]) -> list[dict[str, Any]]:
+            return model.answer_images(paths, answers_folder(Path(pictures_dir)), page_spec["top_k"])
+
+        page = build_page(answer, page_spec["title"], page_spec["description"], examples, page_spec["top_k"])
+        try:
+            launch(page, host, port, allowed_paths=[pictures_dir])
+        except OSError as error:  # Gradio's "Cannot find empty port": the port is taken
+            sys.exit(f"error: cannot listen on {host}:{port} ({error}): set GRADIO_SERVER_PORT to another port")
 
 
 if __name__ == "__main__":
