@@ -26,7 +26,6 @@ from petlab.errors import PetlabError
 
 register_resolvers()
 FILE_SIZE = re.compile(r"^[1-9]\d*\s*(b|kb|mb|gb)$", re.IGNORECASE)  # what Gradio's max_file_size reads
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def answer_images(
@@ -69,6 +68,7 @@ def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
 def chosen_examples(checkpoint: Any, cfg: DictConfig) -> list[str]:
     """The images ``cfg.examples`` names: ``auto`` (see :func:`example_images`), or the image files named
     and those in the folders named, or none."""
+    from petlab.data.index import IMAGE_SUFFIXES
     from petlab.predict import image_files
 
     whole_number("num_examples", cfg.num_examples, 0)

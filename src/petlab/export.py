@@ -60,21 +60,22 @@ def default_output(ckpt_path: Path, file_format: str) -> Path:
     return run_dir / "export" / ("space" if file_format == "space" else f"model{FORMATS[file_format]}")
 
 
-def space_requirements() -> dict[str, str]:
-    """What an exported page requires, by package: from the version installed here (or a known minimum),
-    below the next incompatible major version where there is one."""
+def space_versions() -> dict[str, tuple[str, str | None]]:
+    """What an exported page requires, by package: (the version installed here, or a known minimum; the
+    next incompatible major version, where there is one)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    requirements = {}
+    versions = {}
     for package, (minimum, below) in SPACE_REQUIREMENTS.items():
         with contextlib.suppress(PackageNotFoundError):
             minimum = version(package)
-        requirements[package] = f">={minimum}" + (f",<{below}" if below else "")
-    return requirements
+        versions[package] = (minimum, below)
+    return versions
 
 
-def export(checkpoint: Any, file_format: str, output: Path) -> Path:
-    """Write ``checkpoint``'s network to ``output`` as TorchScript or ONNX, plus ``output.json``."""
+def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, Any] | None = None) -> Path:
+    """Write ``checkpoint``'s network to ``output`` as TorchScript or ONNX, plus ``output.json`` (with the
+    ``sidecar`` entries added or replaced)."""
     import torch
 
     network = _normalised_network(checkpoint)
@@ -88,7 +89,7 @@ def export(checkpoint: Any, file_format: str, output: Path) -> Path:
     outputs = checkpoint.task.export_spec()
     spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
             "input_size": size, "side": side, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
-            "preprocess": preprocess, **outputs, "checkpoint": str(checkpoint.path)}  # fmt: skip
+            "preprocess": preprocess, **outputs, "checkpoint": str(checkpoint.path), **(sidecar or {})}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":
             with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX
@@ -114,13 +115,10 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     ``page.py`` and ``pictures.py``), ``examples/``, ``requirements.txt`` and a README on publishing it."""
     from petlab.app import page_text
 
-    model = export(checkpoint, "onnx", folder / "model.onnx")
-    sidecar = model.with_suffix(".onnx.json")
     title, description = page_text(checkpoint)
-    spec = json.loads(sidecar.read_text())
-    spec["page"] = {"title": title, "description": description, "top_k": top_k}
-    spec["checkpoint"] = checkpoint.name  # published: never the path on this machine
-    sidecar.write_text(json.dumps(spec, indent=2) + "\n")
+    # Published: the checkpoint named by its run, never by its path on this machine.
+    page = {"title": title, "description": description, "top_k": top_k}
+    export(checkpoint, "onnx", folder / "model.onnx", {"page": page, "checkpoint": checkpoint.name})
     package = Path(__file__).parent
     shutil.copyfile(package / "web" / "space_app.py", folder / "app.py")
     shutil.copyfile(package / "web" / "page.py", folder / "page.py")
@@ -130,13 +128,13 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
         (folder / "examples").mkdir()
         for index, example in enumerate(examples):
             shutil.copyfile(example, folder / "examples" / f"{index + 1:02d}_{Path(example).name}")
-    requirements = space_requirements()
+    versions = space_versions()
     (folder / ".gitignore").write_text(".venv/\n__pycache__/\n")  # what running it here adds, never published
-    (folder / "requirements.txt").write_text("".join(f"{name}{versions}\n" for name, versions in requirements.items()))
+    (folder / "requirements.txt").write_text("".join(f"{name}>={minimum}" + (f",<{below}" if below else "") + "\n"
+                                                     for name, (minimum, below) in versions.items()))  # fmt: skip
     # The Space's header (YAML): the Gradio it runs is the one the page was tested with here.
-    gradio_version = requirements["gradio"].removeprefix(">=").split(",")[0]
     header = {"title": title, "emoji": "🐾", "colorFrom": "indigo", "colorTo": "pink", "sdk": "gradio",
-              "sdk_version": gradio_version, "app_file": "app.py", "pinned": False}  # fmt: skip
+              "sdk_version": versions["gradio"][0], "app_file": "app.py", "pinned": False}  # fmt: skip
     front_matter = "".join(f"{key}: {json.dumps(value, ensure_ascii=False)}\n" for key, value in header.items())
     (folder / "README.md").write_text(
         f"---\n{front_matter}---\n" + SPACE_README.format(title=title, description=description)
