@@ -44,12 +44,12 @@ app: $(STAMP) ## Serve the web page to try a model on 127.0.0.1:7860, e.g. make 
 	$(BIN)/python -m petlab.app $(ARGS)
 
 lint: $(STAMP) ## Check style with ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff format --check src tests examples
 
 format: $(STAMP) ## Reformat and fix what ruff can
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests examples
+	$(BIN)/ruff check --fix src tests examples
 
 tensorboard: $(STAMP) ## Open TensorBoard on every run in outputs/
 	$(BIN)/tensorboard --logdir outputs

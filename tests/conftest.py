@@ -17,8 +17,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from petlab.config import config_dir, register_resolvers
+from petlab.config import config_dir
 from petlab.data.sample import generate_sample
+from petlab.resolvers import register_resolvers
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
 
@@ -91,13 +92,23 @@ def synthetic_pets(root: Path, count: int, draw: Callable[[Path, str, np.random.
     return root
 
 
-def tiny_data(root: Path, tmp_path: Path, target: str, **options: Any) -> Any:
-    """A data module on ``root`` for ``target`` at 32 px, split at random (half train), set up."""
+def targets_named(names: str | Sequence[str]) -> Any:
+    """The target a name gives (species, breed: labels; trimap: masks; box: head boxes), or several by name."""
+    from petlab.data.targets import Box, Label, Mask
+
+    if not isinstance(names, str):
+        return {name: targets_named(name) for name in names}
+    return {"trimap": Mask, "box": Box}.get(names, Label)(names)
+
+
+def tiny_data(root: Path, tmp_path: Path, target: str | Sequence[str], **options: Any) -> Any:
+    """A data module on ``root`` for ``target`` (see :func:`targets_named`) at 32 px, split at random (half
+    train), set up."""
     from petlab.data.datamodule import PetDataModule
 
     options = {"image_size": 32, "batch_size": 8, "num_workers": 0, "split": "random", "val_fraction": 0.25,
                "test_fraction": 0.25, "cache_dir": tmp_path / "cache", **options}  # fmt: skip
-    module = PetDataModule(root, target=target, **options)
+    module = PetDataModule(root, targets=targets_named(target), **options)
     module.setup("fit")
     return module
 

@@ -23,11 +23,16 @@ from conftest import run_module as petlab
 
 gradio = pytest.importorskip("gradio", reason="the page needs the app extra: pip install -e '.[app]'")
 
-from petlab.app import answer_images, example_images  # noqa: E402
+from petlab.app import answer_images, example_images, page_results  # noqa: E402
 from petlab.checkpoint import load_checkpoint  # noqa: E402
 from petlab.web.page import build_page, launch, shown  # noqa: E402
 
 TIMEOUT_S = 120  # every server a test starts is stopped by then
+
+
+def page_answers(checkpoint: Any, paths: list[str], pictures: Path, **options: Any) -> list[dict[str, Any]]:
+    """What the page of ``checkpoint`` is given for ``paths``: petlab.predict's answers as the task shows them."""
+    return page_results(checkpoint.task.answerer(), answer_images(checkpoint, paths, pictures, **options))
 
 
 def best_checkpoint(run_dir: Path) -> str:
@@ -77,7 +82,7 @@ def test_the_pages_answers_are_petlab_predicts(trained_run: Path, photos: list[s
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
     answers = answer_images(checkpoint, photos, tmp_path, top_k=3, precision="32-true")
     assert answers == predicted(best_checkpoint(trained_run), photos, tmp_path)
-    label, pictures, rows, note = shown(answers)
+    label, pictures, rows, note = shown(page_results(checkpoint.task.answerer(), answers))
     top = answers[0]["top"]
     assert label == {entry["class"]: entry["probability"] for entry in top}
     assert [row[0] for row in rows] == ["Abyssinian_1.jpg", "beagle_2.jpg", "Bengal_3.jpg"]
@@ -87,16 +92,15 @@ def test_the_pages_answers_are_petlab_predicts(trained_run: Path, photos: list[s
 
 def test_a_file_that_is_not_an_image_gets_a_message_on_the_page(trained_run: Path, photos: list[str], tmp_path: Path):
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
-    label, pictures, rows, note = shown(answer_images(checkpoint, photos[-1:], tmp_path))
+    label, pictures, rows, note = shown(page_answers(checkpoint, photos[-1:], tmp_path))
     assert label is None and pictures == [] and rows == []
     assert "notes.jpg**: not a readable image" in note and "Upload photos" in note
 
 
-def test_a_joint_models_page_shows_every_heads_answer(joint_run: Path, photos: list[str], tmp_path: Path):
+def test_a_joint_models_page_shows_every_tasks_answer(joint_run: Path, photos: list[str], tmp_path: Path):
     checkpoint = load_checkpoint(best_checkpoint(joint_run))
-    answers = answer_images(checkpoint, photos[:2], tmp_path, precision="32-true")
-    label, pictures, rows, _ = shown(answers)
-    assert [row[1] for row in rows[:4]] == ["species", "breed", "segmentation", "head"]
+    label, pictures, rows, _ = shown(page_answers(checkpoint, photos[:2], tmp_path, precision="32-true"))
+    assert [row[1] for row in rows[:4]] == ["species", "breed", "segmentation", "head_box"]
     assert set(label) <= {"cat", "dog"} and rows[2][2].startswith("pet: ") and rows[3][2].startswith("head at (")
     drawn = [Path(path).name for path, _ in pictures]
     assert len(drawn) == 4 and drawn[0].endswith("_overlay.png") and drawn[1].endswith("_box.png")
@@ -117,10 +121,10 @@ def test_the_client_gets_the_pages_answers_from_a_running_server(trained_run: Pa
     from gradio_client import Client, handle_file
 
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
-    expected = shown(answer_images(checkpoint, photos[:2], tmp_path, precision="32-true"))
+    expected = shown(page_answers(checkpoint, photos[:2], tmp_path, precision="32-true"))
 
     def answer(paths: list[str]) -> list[dict[str, Any]]:
-        return answer_images(checkpoint, paths, tmp_path, precision="32-true")
+        return page_answers(checkpoint, paths, tmp_path, precision="32-true")
 
     with serving(answer) as url:
         client = bounded(Client, url)
@@ -181,15 +185,17 @@ def test_the_exported_folder_runs_the_page_from_a_fresh_environment(trained_run:
     result = petlab("petlab.export", f"ckpt_path={best_checkpoint(trained_run)}", "format=space",
                     f"output={folder}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {"app.py", "page.py", "pictures.py", "model.onnx", "model.onnx.json", "requirements.txt",
+    assert {"app.py", "page.py", "petlab", "model.onnx", "model.onnx.json", "requirements.txt",
             "README.md", "examples"} <= {path.name for path in folder.iterdir()}  # fmt: skip
+    assert sorted(path.name for path in (folder / "petlab").iterdir()) == ["__init__.py", "answers", "pictures.py"]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=TIMEOUT_S)
     python = str(venv / "bin" / "python")
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", str(folder / "requirements.txt")],
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert install.returncode == 0, install.stderr[-2000:]
-    assert subprocess.run([python, "-c", "import petlab"], capture_output=True).returncode != 0
+    # Only the answers' code comes along: nothing of petlab that needs torch.
+    assert subprocess.run([python, "-c", "import petlab.train"], cwd=folder, capture_output=True).returncode != 0
     port = free_port()
     environment = {**os.environ, "GRADIO_SERVER_PORT": str(port), "PYTHONPATH": ""}
     server = subprocess.Popen([python, "app.py"], cwd=folder, env=environment, stdout=subprocess.PIPE,
@@ -201,7 +207,7 @@ def test_the_exported_folder_runs_the_page_from_a_fresh_environment(trained_run:
         server.terminate()
         server.wait(timeout=30)
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
-    _, _, expected_rows, _ = shown(answer_images(checkpoint, photos[:3], tmp_path, precision="32-true"))
+    _, _, expected_rows, _ = shown(page_answers(checkpoint, photos[:3], tmp_path, precision="32-true"))
     rows = answers[2]["data"]
     assert [row[:2] for row in rows] == [row[:2] for row in expected_rows]
     for row, expected in zip(rows, expected_rows, strict=True):
@@ -231,7 +237,7 @@ def test_a_browser_uploads_a_photo_and_reads_the_top_class(trained_run: Path, ph
     (expected,) = answer_images(checkpoint, photos[:1], tmp_path)
 
     def answer(paths: list[str]) -> list[dict[str, Any]]:
-        return answer_images(checkpoint, paths, tmp_path)
+        return page_answers(checkpoint, paths, tmp_path)
 
     def browse(url: str) -> str:
         with playwright.sync_playwright() as driver:
@@ -254,30 +260,32 @@ def test_a_browser_uploads_a_photo_and_reads_the_top_class(trained_run: Path, ph
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
-def test_the_exported_pages_model_answers_every_head_like_the_checkpoint(joint_run: Path, photos: list[str],
+def test_the_exported_pages_model_answers_every_task_like_the_checkpoint(joint_run: Path, photos: list[str],
                                                                           tmp_path: Path, monkeypatch):  # fmt: skip
-    """The exported folder's own code (app.py, page.py, pictures.py), run here on a joint model: the same
+    """The exported folder's own code (app.py, page.py, the answers' code), run here on a joint model: the same
     classes, pet area and head box as the checkpoint's answers, and the file that is not an image skipped."""
     from petlab.export import export_space
 
     checkpoint = load_checkpoint(best_checkpoint(joint_run))
     folder = export_space(checkpoint, tmp_path / "space", photos[:1], top_k=3)
     monkeypatch.syspath_prepend(str(folder))
-    for name in ("app", "page", "pictures"):  # the folder's modules, not petlab's of the same names
+    for name in ("app", "page"):  # the folder's modules, not petlab's of the same names
         monkeypatch.delitem(sys.modules, name, raising=False)
     import app
 
     exported = app.ExportedModel(folder).answer_images(photos[:2] + photos[-1:], tmp_path / "exported", 3)
     expected = answer_images(checkpoint, photos[:2] + photos[-1:], tmp_path, precision="32-true")
     assert exported[-1] == expected[-1] == {"image": photos[-1], "error": "not a readable image: skipped"}
-    for answer, wanted in zip(exported[:2], expected[:2], strict=True):
+    assert (folder / "petlab" / "answers" / "joint.py").is_file() and (folder / "petlab" / "pictures.py").is_file()
+    for answer, wanted in zip([result["answer"] for result in exported[:2]], expected[:2], strict=True):
         for head in ("species", "breed"):
             classes = [entry["class"] for entry in answer[head]["top"]]
             assert classes == [entry["class"] for entry in wanted[head]["top"]]
         assert abs(answer["segmentation"]["pet_fraction"] - wanted["segmentation"]["pet_fraction"]) <= 0.01
-        assert max(abs(a - b) for a, b in zip(answer["head"]["box"], wanted["head"]["box"], strict=True)) <= 0.5
-        assert Path(answer["segmentation"]["overlay"]).is_file() and Path(answer["head"]["drawn"]).is_file()
+        boxes = zip(answer["head_box"]["box"], wanted["head_box"]["box"], strict=True)
+        assert max(abs(a - b) for a, b in boxes) <= 0.5
+        assert Path(answer["segmentation"]["overlay"]).is_file() and Path(answer["head_box"]["drawn"]).is_file()
     assert [path.name for path in (folder / "examples").iterdir()] == ["01_Abyssinian_1.jpg"]
     header = yaml.safe_load((folder / "README.md").read_text().split("---")[1])  # the Space's config
-    assert header["title"] == "petlab: every head's answer" and header["app_file"] == "app.py"
+    assert header["title"] == "petlab: every task's answer" and header["app_file"] == "app.py"
     assert header["sdk"] == "gradio" and header["sdk_version"] == gradio.__version__

@@ -31,7 +31,7 @@ def test_help_and_composed_config_work_from_any_directory(tmp_path: Path):
     shown = petlab("--help", cwd=tmp_path)
     assert shown.returncode == 0
     assert "model: cnn, convnext_tiny, efficientnet_b0, mobilenet_v3_large, resnet34, resnet50\n" in shown.stdout
-    assert "task: breed, head, joint, segmentation, species\n" in shown.stdout and "_base" not in shown.stdout
+    assert "task: breed, head_box, joint, segmentation, species\n" in shown.stdout and "_base" not in shown.stdout
     composed = petlab("--cfg", "job", "task=breed", cwd=tmp_path)
     assert composed.returncode == 0 and "name: breed" in composed.stdout
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REAL_SAMPLE, snapshot
+from conftest import REAL_SAMPLE, snapshot, targets_named
 from petlab.data import PetDataModule
 from petlab.data.augment import BatchAugmentation
-from petlab.data.cache import CachedImageDataset
 from petlab.data.index import build_index
+from petlab.data.items import CachedImageDataset
 from petlab.data.sample import generate_sample
 from petlab.data.stats import unnormalised
 from petlab.data.transforms import load_rgb
@@ -25,9 +25,9 @@ from petlab.errors import PetlabError
 from petlab.files import partial_path
 
 
-def datamodule(root: Path, tmp_path: Path, **options) -> PetDataModule:
+def datamodule(root: Path, tmp_path: Path, target: str = "species", **options) -> PetDataModule:
     options = {"image_size": 32, "batch_size": 16, "num_workers": 0, "cache_dir": tmp_path / "cache", **options}
-    module = PetDataModule(root, **options)
+    module = PetDataModule(root, targets=targets_named(target), **options)
     module.setup("fit")
     return module
 

@@ -87,7 +87,7 @@ def test_evaluate_refuses_a_dataset_with_other_classes(trained_run: Path, tmp_pa
     result = petlab("petlab.evaluate", f"ckpt_path={best_checkpoint(trained_run)}", "data=folder",
                     f"data.root={tmp_path / 'other'}", "data.split=random", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
-    assert "differ from the checkpoint's" in result.stdout + result.stderr
+    assert "differ from the model's" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 

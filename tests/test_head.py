@@ -16,9 +16,9 @@ from PIL import Image
 
 from conftest import REAL_SAMPLE, exported_outputs, synthetic_pets, tiny_data, train_once
 from conftest import run_module as petlab
-from petlab.data.boxes import read_head_box, transform_boxes
 from petlab.data.datamodule import PetDataModule
 from petlab.data.sample import head_box_xml
+from petlab.data.targets.box import read_head_box, transform_boxes
 from petlab.errors import PetlabError
 from petlab.tasks import HeadBox
 
@@ -79,7 +79,7 @@ def test_head_boxes_are_read_as_fractions_and_flawed_ones_explained(tmp_path: Pa
         assert read_head_box(path, 200, 100)[1].startswith("head box xml is malformed"), xmin
     box_xml(path, (200, 100), (11, 21, 60, 70))
     path.write_text(path.read_text().replace("</object>", "</object><object><bndbox><xmin>1</xmin></bndbox></object>"))
-    assert read_head_box(path, 200, 100)[1] == "2 head boxes (several animals): the head task learns one per image"
+    assert read_head_box(path, 200, 100)[1] == "2 head boxes (several animals): one box per image is learnt"
 
 
 def test_the_generated_sample_writes_the_box_it_drew(sample_root: Path):
@@ -125,7 +125,7 @@ def test_boxes_stay_aligned_with_their_images_through_cache_crop_flip_and_rotati
 
 
 def test_images_without_a_box_count_in_no_loss_and_no_metric():
-    task = HeadBox("head")
+    task = HeadBox("head_box")
     targets = torch.tensor([[0.1, 0.1, 0.5, 0.5], [math.nan] * 4, [0.2, 0.3, 0.9, 0.8]])
     outputs = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.0, 0.0, 1.0, 1.0], [0.2, 0.3, 0.9, 0.8]])
     changed = outputs.clone()
@@ -153,16 +153,16 @@ def test_unusable_boxes_are_left_out_and_listed_and_no_xmls_is_one_line(tmp_path
     module = box_data(root, tmp_path)
     assert len(module.frame) == 11
     problems = dict(zip(module.report.skipped["name"], module.report.skipped["problem"], strict=True))
-    assert problems["beagle_1"] == "not used for head: no head box"
+    assert problems["beagle_1"] == "not used for task.target=box: no head box"
     assert "no area" in problems["Bengal_2"] and "outside" in problems["beagle_3"]
     assert "malformed" in problems["Bengal_4"] and "says the image is 64x64" in problems["beagle_5"]
     assert sorted(p.name for p in root.rglob("*")) == before  # nothing written into the dataset
     for path in xmls.iterdir():
         path.unlink()
     xmls.rmdir()
-    with pytest.raises(PetlabError, match=r"task=head needs the release's head boxes, .* at .*xmls"):
+    with pytest.raises(PetlabError, match=r"task\.target=box: it needs the release's head boxes, .* at .*xmls"):
         box_data(root, tmp_path)
-    with pytest.raises(PetlabError, match=r"task=joint with head in task\.heads needs .* or leave head out"):
+    with pytest.raises(PetlabError, match=r"the box task of task\.tasks \(it reads box\): it needs .* or leave box"):
         tiny_data(root, tmp_path, ["species", "box"])
 
 
@@ -179,17 +179,17 @@ def test_the_official_split_carves_the_head_test_split_from_boxed_trainval_image
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="the shared real sample is not beside this checkout")
 def test_the_real_samples_head_boxes_are_read_and_a_photo_of_two_cats_listed(tmp_path: Path):
     module = box_data(REAL_SAMPLE, tmp_path, split="official")
-    assert len(module.frame) == 295 and module.frame["box"].str.len().min() > 0  # of 296 xmls
+    assert len(module.frame) == 295 and module.frame["value/"].str.len().min() > 0  # of 296 xmls
     problems = dict(zip(module.report.skipped["name"], module.report.skipped["problem"], strict=True))
     assert (
         problems["Bengal_105"]
-        == "not used for head: 2 head boxes (several animals): the head task learns one per image"
+        == "not used for task.target=box: 2 head boxes (several animals): one box per image is learnt"
     )
 
 
 @pytest.fixture(scope="module")
 def head_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_once(sample_root, tmp_path_factory, ["task=head", "model=cnn", "trainer.max_epochs=1"])
+    return train_once(sample_root, tmp_path_factory, ["task=head_box", "model=cnn", "trainer.max_epochs=1"])
 
 
 def test_a_head_run_writes_its_evaluation_files(head_run: Path):

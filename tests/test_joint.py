@@ -1,5 +1,5 @@
-"""Several tasks trained jointly: every combination trains, each head learns only from the images that have
-its target, and predict and export cover every head."""
+"""Several tasks trained jointly: every combination of conf/task trains, each task learns only from the images
+that have its target, and predict and export cover every task."""
 
 from __future__ import annotations
 
@@ -12,20 +12,30 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import exported_outputs
+from conftest import exported_outputs, targets_named
 from conftest import run_module as petlab
+from petlab.config import config_options
 from petlab.data.datamodule import PetDataModule
+from petlab.data.targets import Label
 from petlab.errors import PetlabError
-from petlab.tasks import Joint
-from petlab.tasks.joint import HEADS
+from petlab.resolvers import task_configs
+from petlab.tasks import Classification, HeadBox, Joint
 from petlab.train import train
 
-PAIRS = list(itertools.combinations(HEADS, 2))
+TASKS = [name for name in config_options("task") if name != "joint"]
+PAIRS = list(itertools.combinations(TASKS, 2))
+
+
+def test_every_task_of_conf_task_is_a_joint_task_with_no_list_in_code():
+    assert set(TASKS) == {"species", "breed", "segmentation", "head_box"}
+    configs = task_configs(TASKS)
+    assert configs["species"]["_target_"] == "petlab.tasks.Classification" and configs["breed"]["target"] == "breed"
+    assert configs["head_box"]["_target_"] == "petlab.tasks.HeadBox"
 
 
 @pytest.mark.parametrize("heads", PAIRS, ids=["+".join(pair) for pair in PAIRS])
-def test_every_pair_of_heads_trains_in_fast_dev_run(make_cfg, heads: tuple[str, str]):
-    cfg = make_cfg(["task=joint", f"task.heads=[{','.join(heads)}]", "model=cnn", "trainer.fast_dev_run=true"])
+def test_every_pair_of_tasks_trains_in_fast_dev_run(make_cfg, heads: tuple[str, str]):
+    cfg = make_cfg(["task=joint", f"task.tasks=[{','.join(heads)}]", "model=cnn", "trainer.fast_dev_run=true"])
     metrics = train(cfg)
     assert metrics["monitor"] == "val/loss" and metrics["monitor_mode"] == "min" and metrics["val/loss"] >= 0
     for head in heads:
@@ -34,19 +44,20 @@ def test_every_pair_of_heads_trains_in_fast_dev_run(make_cfg, heads: tuple[str, 
 
 
 def test_a_joint_batch_mixes_images_with_and_without_a_box(sample_root: Path, tmp_path: Path):
-    module = PetDataModule(sample_root, target=["species", "trimap", "box"], image_size=32, batch_size=64,
-                           num_workers=0, split="random", cache_dir=tmp_path / "cache")  # fmt: skip
+    module = PetDataModule(sample_root, targets=targets_named(["species", "trimap", "box"]), image_size=32,
+                           batch_size=64, num_workers=0, split="random", cache_dir=tmp_path / "cache")  # fmt: skip
     module.setup("fit")
     images, targets = next(iter(module.train_dataloader()))
     assert images.shape == (64, 3, 32, 32) and set(targets) == {"species", "trimap", "box"}
     assert targets["trimap"].shape == (64, 32, 32) and targets["species"].dtype == torch.int64
     boxed = targets["box"].isfinite().all(dim=1)
     assert boxed.any() and not boxed.all()  # the release's test half has no head box
-    assert module.task_arguments() == {"label_classes": {"species": ["cat", "dog"]}}
+    assert module.keyed_targets["species"].classes == ["cat", "dog"]  # learnt from the data
 
 
 def test_the_joint_loss_is_the_weighted_sum_and_images_without_a_box_add_nothing():
-    task = Joint("joint", ["species", "head"], weights=[0.5, 2.0], label_classes={"species": ["cat", "dog"]})
+    configs = {"species": Classification("species", Label("species", ["cat", "dog"])), "head": HeadBox("head")}
+    task = Joint("joint", ["species", "head"], configs, weights=[0.5, 2.0])
     outputs = {"species": torch.tensor([[2.0, 0.0], [0.0, 1.0]]),
                "head": torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])}  # fmt: skip
     targets = {"species": torch.tensor([0, 1]), "head": torch.tensor([[0.1, 0.1, 0.4, 0.5], [math.nan] * 4])}
@@ -65,33 +76,41 @@ def test_the_joint_loss_is_the_weighted_sum_and_images_without_a_box_add_nothing
     assert metrics["head/iou"].compute().item() == pytest.approx(0.75)  # the box-less image counts nowhere
 
 
-def test_a_joint_model_needs_the_pets_layout(tmp_path: Path):
-    with pytest.raises(PetlabError, match=r"task=joint .* needs data\.layout=pets"):
-        PetDataModule(tmp_path, target=["species", "box"], layout="folder")
+def test_a_joint_task_whose_target_the_dataset_lacks_is_named(tmp_path: Path):
+    (tmp_path / "bus").mkdir()
+    with pytest.raises(PetlabError, match=r"the box task of task\.tasks \(it reads box\): it needs the release's head "
+                                          r"boxes.* or leave box out of task\.tasks"):  # fmt: skip
+        PetDataModule(tmp_path, targets=targets_named(["species", "box"]), layout="folder").setup()
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("tasks", "options", "weights", "message"),
     [
-        ({"heads": ["species"]}, r"two or more different heads of: species, breed, segmentation, head"),
-        ({"heads": ["species", "species"]}, r"two or more different heads"),
-        ({"heads": ["species", "tail"]}, r"two or more different heads"),
-        ({"heads": ["species", "head"], "weights": [1.0]}, r"task\.weights has 1 values for 2 heads"),
-        ({"heads": ["species", "head"], "options": {"breed": {}}}, r"task\.options names breed"),
-        ({"heads": ["species", "head"], "options": {"head": {"target": "trimap"}}}, r"this head reads box"),
-        ({"heads": ["species", "head"], "options": {"head": {"hidden": 0}}}, r"task\.options\.head\.hidden=0"),
+        (["species"], {}, None, r"task\.tasks=\['species'\] must name two or more different tasks"),
+        (["species", "species"], {}, None, r"two or more different tasks"),
+        (["species", "tail"], {}, None, r"task\.tasks names tail, and there is no task/tail\.yaml"),
+        (["species", "head_box"], {}, [1.0], r"task\.weights has 1 values for 2 tasks"),
+        (["species", "head_box"], {"breed": {}}, None, r"task\.options names breed"),
+        (
+            ["species", "head_box"],
+            {"head_box": {"target": "trimap"}},
+            None,
+            r"task\.options\.head_box\.target=trimap: task=head_box reads head boxes",
+        ),
+        (["species", "head_box"], {"head_box": {"hidden": 0}}, None, r"task\.options\.head_box\.hidden=0"),
+        (["species", "head_box"], {"head_box": {"colour": 1}}, None, r"task=head_box does not take these settings"),
     ],
 )
-def test_wrong_joint_settings_are_one_clear_line(settings: dict, message: str):
+def test_wrong_joint_settings_are_one_clear_line(tasks: list, options: dict, weights: list | None, message: str):
     with pytest.raises(PetlabError, match=message):
-        Joint("joint", **settings)
+        Joint("joint", tasks, task_configs(tasks, options), weights=weights, options=options)
 
 
-def test_a_wrong_head_name_on_the_command_line_is_one_line_and_exit_2(sample_root: Path, tmp_path: Path):
-    result = petlab("petlab", "task=joint", "task.heads=[species,tail]", "data=sample", f"data.root={sample_root}",
+def test_a_wrong_task_name_on_the_command_line_is_one_line_and_exit_2(sample_root: Path, tmp_path: Path):
+    result = petlab("petlab", "task=joint", "task.tasks=[species,tail]", "data=sample", f"data.root={sample_root}",
                     cwd=tmp_path)  # fmt: skip
     output = result.stdout + result.stderr  # the training log goes to stdout, as the run's other lines
-    assert result.returncode == 2 and "species, breed, segmentation, head" in output and "Traceback" not in output
+    assert result.returncode == 2 and "no task/tail.yaml" in output and "Traceback" not in output
 
 
 def test_predict_gives_every_heads_answer_for_each_image(joint_run: Path, sample_root: Path, tmp_path: Path):
@@ -103,18 +122,18 @@ def test_predict_gives_every_heads_answer_for_each_image(joint_run: Path, sample
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(answers) == 2
     for answer in answers:
-        assert set(answer) == {"image", "species", "breed", "segmentation", "head"}
-        assert answer["species"]["top"][0]["class"] in ("cat", "dog") and len(answer["head"]["box"]) == 4
-        assert Path(answer["segmentation"]["mask"]).is_file() and Path(answer["head"]["drawn"]).is_file()
+        assert set(answer) == {"image", "species", "breed", "segmentation", "head_box"}
+        assert answer["species"]["top"][0]["class"] in ("cat", "dog") and len(answer["head_box"]["box"]) == 4
+        assert Path(answer["segmentation"]["mask"]).is_file() and Path(answer["head_box"]["drawn"]).is_file()
     table = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]",
                    f"output_dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
-    assert table.returncode == 0 and "species: prediction" in table.stdout and "head: head box" in table.stdout
+    assert table.returncode == 0 and "species: prediction" in table.stdout and "head_box: head box" in table.stdout
 
 
 @pytest.mark.parametrize("file_format", ["torchscript", "onnx"])
-def test_an_exported_joint_model_gives_one_named_output_per_head(joint_run: Path, tmp_path: Path, file_format: str):
+def test_an_exported_joint_model_gives_one_named_output_per_task(joint_run: Path, tmp_path: Path, file_format: str):
     _, actual, expected, sidecar = exported_outputs(joint_run, file_format, tmp_path)
-    assert sidecar["output_names"] == ["species_logits", "breed_logits", "segmentation_logits", "head_box"]
+    assert sidecar["output_names"] == ["species_logits", "breed_logits", "segmentation_logits", "head_box_box"]
     assert len(actual) == len(expected) == 4
     for values, wanted in zip(actual, expected, strict=True):
         np.testing.assert_allclose(values, wanted, atol=1e-4)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from petlab import precision
+from petlab.data.targets import Label
 from petlab.module import PetModule
 from petlab.precision import resolve_precision, uses_channels_last
 from petlab.tasks import Classification
@@ -46,7 +47,7 @@ def test_explicit_settings_override_auto(make_cfg, cpu_features: list[str]):
 
 
 def test_losses_and_metrics_get_fp32_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch):
-    task = Classification("species", "species", ["cat", "dog"])
+    task = Classification("species", Label("species", ["cat", "dog"]))
     model = PetModule({"name": "cnn", "pretrained": False}, task, 32, [0.5] * 3, [0.25] * 3)
     seen = []
     update = model.stage_metrics["train_acc"].update

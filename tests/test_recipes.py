@@ -13,7 +13,8 @@ import torch
 from conftest import tiny_data
 from petlab.checkpoint import load_checkpoint
 from petlab.data.augment import BatchAugmentation
-from petlab.data.mixing import LabelMixing
+from petlab.data.mixing import BatchMixing
+from petlab.data.targets import CsvNumber, Label
 from petlab.errors import PetlabError
 from petlab.models import create_backbone
 from petlab.module import PetModule
@@ -30,27 +31,36 @@ def symmetric_images(count: int, size: int = 32) -> torch.Tensor:
 def test_mixup_and_cutmix_targets_sum_to_one_and_the_loss_takes_them(mixup: float, cutmix: float):
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    mixing = LabelMixing(mixup, cutmix, generator=torch.Generator().manual_seed(5))
+    mixing = BatchMixing(mixup, cutmix, generator=torch.Generator().manual_seed(5))
+    label = Label("breed", ["a", "b", "c"])
     for _ in range(5):
-        mixed, targets = mixing(images, labels, 3)
+        mixed, targets = mixing(images, labels, label)
         assert mixed.shape == (8, 3, 16, 16) and mixed.dtype == torch.float32 and 0 <= mixed.min() <= mixed.max() <= 1
         assert targets.shape == (8, 3) and torch.allclose(targets.sum(dim=1), torch.ones(8))
         differ = labels != labels.flip(0)  # an image and its partner (the batch reversed) of other classes
         own, partner = targets[differ, labels[differ]], targets[differ, labels.flip(0)[differ]]
         assert torch.allclose(own + partner, torch.ones(len(own))) and (partner > 0).any()
-        task = Classification("breed", "breed", ["a", "b", "c"])
+        task = Classification("breed", label)
         loss = task.loss(torch.randn(8, 3, requires_grad=True), targets)
         loss.backward()
         assert loss.isfinite() and torch.equal(task.measured_targets(targets), targets.argmax(dim=1))
-    first, second = (LabelMixing(mixup, cutmix, generator=torch.Generator().manual_seed(6))(images, labels, 3)
+    first, second = (BatchMixing(mixup, cutmix, generator=torch.Generator().manual_seed(6))(images, labels, label)
                      for _ in range(2))  # fmt: skip
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
 def test_cutmix_pastes_a_box_whose_area_is_the_partners_share():
     images = torch.cat([torch.zeros(1, 3, 20, 20), torch.ones(1, 3, 20, 20)])
-    mixed, targets = LabelMixing(0.0, 1.0, generator=torch.Generator().manual_seed(2))(images, torch.tensor([0, 1]), 2)
+    mixing = BatchMixing(0.0, 1.0, generator=torch.Generator().manual_seed(2))
+    mixed, targets = mixing(images, torch.tensor([0, 1]), Label("species", ["a", "b"]))
     assert torch.isclose(mixed[0].mean(), targets[0, 1], atol=1e-6)  # the white pasted into the black image
+
+
+def test_numbers_mix_in_the_images_proportions():
+    images = torch.cat([torch.zeros(1, 3, 20, 20), torch.ones(1, 3, 20, 20)])
+    mixing = BatchMixing(1.0, 0.0, generator=torch.Generator().manual_seed(3))
+    mixed, numbers = mixing(images, torch.tensor([0.0, 1.0]), CsvNumber("whiteness", "w.csv"))
+    assert torch.allclose(mixed.mean(dim=(1, 2, 3)), numbers, atol=1e-6)  # the mix of the two is the mix of theirs
 
 
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])
@@ -89,8 +99,8 @@ def test_the_data_module_mixes_training_batches_only_and_the_same_epoch_the_same
 @pytest.mark.parametrize(
     ("target", "options", "message"),
     [
-        ("trimap", {"augment": {"mixup": 0.2}}, "task=segmentation does not support them"),
-        ("box", {"augment": {"cutmix": 1.0}}, "task=head does not support them"),
+        ("trimap", {"augment": {"mixup": 0.2}}, r"trimaps \(trimap\) cannot be mixed: set both to 0"),
+        ("box", {"augment": {"cutmix": 1.0}}, r"head boxes \(box\) cannot be mixed: set both to 0"),
         ("species", {"augment": {"mixup": -1}}, "data.augment.mixup=-1"),
         ("species", {"augment": {"mixup": 0.2, "mix_switch": 2}}, "data.augment.mix_switch=2"),
         ("species", {"augment": {"policy": "autoaugment"}}, "data.augment.policy=autoaugment is not a policy"),
@@ -107,16 +117,16 @@ def test_impossible_recipe_settings_are_one_line_errors(sample_root: Path, tmp_p
 def test_tta_on_a_mirror_symmetric_image_equals_no_tta_and_maps_mirrored_answers_back():
     images = symmetric_images(2)
     torch.manual_seed(0)
-    classifier = PetModule({"name": "cnn", "pretrained": False}, Classification("species", "species", ["cat", "dog"]),
-                           32, [0.5] * 3, [0.25] * 3, pool="avg").eval()  # fmt: skip
+    species = Classification("species", Label("species", ["cat", "dog"]))
+    classifier = PetModule({"name": "cnn", "pretrained": False}, species, 32, [0.5] * 3, [0.25] * 3, pool="avg").eval()
     with torch.no_grad():
         plain, merged = classifier.outputs(images), classifier.outputs(images, tta=True)
         assert torch.allclose(plain.softmax(dim=1), merged.softmax(dim=1), atol=1e-5)
         # A symmetric picture's mask and box are symmetric once the mirrored answer is flipped back.
-        for task in (Segmentation("segmentation"), HeadBox("head")):
+        for task in (Segmentation("segmentation"), HeadBox("head_box")):
             model = PetModule({"name": "cnn", "pretrained": False}, task, 32, [0.5] * 3, [0.25] * 3, pool="avg").eval()
             merged = model.outputs(images, tta=True)
-            if task.kind == "head":
+            if isinstance(task, HeadBox):
                 assert torch.allclose(merged[:, 0], 1 - merged[:, 2], atol=1e-6)
                 assert not torch.allclose(model.outputs(images)[:, 0], merged[:, 0])
             else:

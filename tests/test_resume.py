@@ -97,14 +97,16 @@ def test_a_truncated_checkpoint_of_a_real_run_is_refused(trained_run: Path, make
 
 
 def test_resuming_with_other_model_or_data_settings_names_each_difference():
-    task = {"name": "species", "class_names": ["cat", "dog"], "dropout": 0.5}
+    label = {"class": "petlab.data.targets.label.Label", "name": "species"}
+    task = {"name": "species", "target": {**label, "classes": ["cat", "dog"]}, "dropout": 0.5}
     checkpoint = {
         "hyper_parameters": {"backbone": {"name": "cnn"}, "task": task, "image_size": 32},
         "petlab": {"data": {"seed": 1, "split": "official", "num_workers": 4}},
     }
     same = {"backbone": {"name": "cnn"}, "task": {**task, "dropout": 0.2}, "image_size": 32}
     check_resume(checkpoint, same, {"seed": 1, "split": "official", "num_workers": 0}, Path("x.ckpt"))
-    other = {**same, "backbone": {"name": "resnet34"}, "task": {**task, "class_names": ["Abyssinian", "Bengal"]}}
+    other = {**same, "backbone": {"name": "resnet34"},
+             "task": {**task, "target": {**label, "classes": ["Abyssinian", "Bengal"]}}}  # fmt: skip
     with pytest.raises(PetlabError) as raised:
         check_resume(checkpoint, other, {"seed": 2, "split": "official"}, Path("x.ckpt"))
     message = str(raised.value)

@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import REAL_SAMPLE, compose_config, exported_outputs, synthetic_pets, tiny_data, train_once
 from conftest import run_module as petlab
 from petlab.data.datamodule import PetDataModule
-from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
+from petlab.data.targets import Mask
+from petlab.data.targets.mask import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
 from petlab.tasks import Segmentation
 from petlab.tasks.segmentation import IGNORE, confusions
@@ -76,7 +77,7 @@ def test_colour_jitter_changes_images_only():
 
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     masks = torch.randint(0, 4, (4, 32, 32), dtype=torch.uint8)
-    jittered, moved = BatchAugmentation(32, color_jitter=0.5)(images, masks)
+    jittered, moved = BatchAugmentation(32, color_jitter=0.5)(images, masks, Mask())
     assert torch.equal(moved, masks) and not torch.allclose(jittered, images / 255)
 
 
@@ -116,7 +117,7 @@ def test_each_wrong_segmentation_setting_is_named(settings: dict, message: str):
 def test_a_segmentation_task_on_a_label_column_is_one_clear_line(sample_root: Path, tmp_path: Path):
     from petlab.train import check_task
 
-    with pytest.raises(PetlabError, match=r"task\.target=species: segmentation reads the trimaps"):
+    with pytest.raises(PetlabError, match=r"task\.target=species: task=segmentation reads trimaps"):
         check_task(compose_config(sample_root, tmp_path / "run", ["task=segmentation", "task.target=species"]))
 
 
@@ -130,29 +131,29 @@ def test_unusable_trimaps_are_left_out_and_listed_and_no_trimaps_is_one_line(tmp
     Image.new("RGB", (48, 40)).save(trimaps / "beagle_5.png")
     before = sorted(p.name for p in root.rglob("*"))
     module = segmentation_data(root, tmp_path)
-    assert len(module.frame) == 11 and module.mask_store is not None
+    assert len(module.frame) == 11 and module.target_stores[""] is not None
     problems = dict(zip(module.report.skipped["name"], module.report.skipped["problem"], strict=True))
-    assert problems["beagle_1"] == "not used for segmentation: no trimap"
+    assert problems["beagle_1"] == "not used for task.target=trimap: no trimap"
     assert "values [7] outside 1-3" in problems["Bengal_2"] and "20x20, its image 48x40" in problems["beagle_3"]
     assert "cannot be read" in problems["Bengal_4"] and "RGB image" in problems["beagle_5"]
     assert sorted(p.name for p in root.rglob("*")) == before  # nothing written into the dataset
     for folder in (trimaps, root / "annotations"):
         for path in folder.glob("*.png"):
             path.unlink()
-    with pytest.raises(PetlabError, match=r"task=segmentation needs the release's trimaps, .* at .*trimaps"):
+    with pytest.raises(PetlabError, match=r"task\.target=trimap: it needs the release's trimaps, .* at .*trimaps"):
         segmentation_data(root, tmp_path)  # an empty trimaps folder
     trimaps.rmdir()
-    with pytest.raises(PetlabError, match=r"task=segmentation needs the release's trimaps, .* at .*trimaps"):
+    with pytest.raises(PetlabError, match=r"task\.target=trimap: it needs the release's trimaps, .* at .*trimaps"):
         segmentation_data(root, tmp_path)
     with pytest.raises(PetlabError, match=r"data\.upsample=none"):
-        PetDataModule(root, target="trimap", upsample="synthetic")
+        PetDataModule(root, targets=Mask(), upsample="synthetic")
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="the shared real sample is not beside this checkout")
 def test_the_real_samples_trimaps_are_read_with_their_values(tmp_path: Path):
     module = segmentation_data(REAL_SAMPLE, tmp_path, split="official", val_fraction=0.15, test_fraction=0.15)
     assert not module.report.skipped["problem"].str.contains("segmentation").any()  # all 600 trimaps usable
-    masks = np.load(module.mask_store)
+    masks = np.load(module.target_stores[""])
     assert masks.shape == (len(module.frame), module.side, module.side)
     assert set(np.unique(masks)) == {PET, BACKGROUND, BORDER}
 

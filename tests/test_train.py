@@ -11,6 +11,7 @@ from conftest import snapshot
 from petlab.cli import user_error
 from petlab.config import config_options
 from petlab.errors import PetlabError
+from petlab.tasks.base import build_task
 from petlab.train import train
 
 PAIRS = [(task, model) for task in config_options("task") for model in config_options("model")]
@@ -41,7 +42,8 @@ def test_a_short_run_writes_checkpoints_events_and_metrics(make_cfg):
 
 
 def test_breed_classes_are_the_breeds_present(make_cfg):
-    datamodule = instantiate(make_cfg(["task=breed"]).data, _convert_="all")
+    cfg = make_cfg(["task=breed"])
+    datamodule = instantiate(cfg.data, targets=build_task(cfg.task).targets(), _convert_="all")
     datamodule.setup("fit")
     assert len(datamodule.class_names) == 37 and datamodule.class_names[0] == "Abyssinian"
 

@@ -14,6 +14,7 @@ import torch
 
 from petlab.cli import user_error
 from petlab.config import config_options
+from petlab.data.targets import Label
 from petlab.module import PetModule
 from petlab.tasks import Classification
 from petlab.train import train
@@ -24,7 +25,7 @@ VOLATILE = {"seconds", "best_checkpoint"}
 
 
 def module(backbone: str = "resnet34", image_size: int = 32, **options) -> PetModule:
-    task = Classification("species", "species", ["cat", "dog"])
+    task = Classification("species", Label("species", ["cat", "dog"]))
     return PetModule({"name": backbone, "pretrained": False}, task, image_size, [0.5] * 3, [0.25] * 3, **options)
 
 

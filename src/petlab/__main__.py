@@ -8,8 +8,9 @@ import hydra
 from omegaconf import DictConfig
 
 from petlab.cli import exit_if_jobs_failed, user_facing
-from petlab.config import config_dir, register_resolvers, share_fixed_keys, share_run_id
+from petlab.config import config_dir, share_fixed_keys, share_run_id
 from petlab.errors import PetlabError
+from petlab.resolvers import register_resolvers
 from petlab.resume import overrides_of, resume_arguments
 
 register_resolvers()

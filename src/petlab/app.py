@@ -20,9 +20,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from petlab.cli import require, user_error, user_facing
-from petlab.config import config_dir, register_resolvers, switch, whole_number
-from petlab.errors import PetlabError
+from petlab.checks import switch, whole_number
+from petlab.cli import plugins, require, user_facing
+from petlab.config import config_dir
+from petlab.errors import PetlabError, user_error
+from petlab.resolvers import register_resolvers
 
 register_resolvers()
 FILE_SIZE = re.compile(r"^[1-9]\d*\s*(b|kb|mb|gb)$", re.IGNORECASE)  # what Gradio's max_file_size reads
@@ -32,14 +34,21 @@ def answer_images(
     checkpoint: Any, paths: Sequence[str], pictures_dir: Path, top_k: int = 3, tta: bool = False,
     precision: str = "auto", batch_size: int = 32,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """``petlab.predict``'s answers for ``paths``; the masks and boxes it draws go to a new folder in
-    ``pictures_dir`` (see :func:`petlab.pictures.answers_folder`)."""
+    """``petlab.predict``'s answers for ``paths``; the pictures it draws go to a new folder in ``pictures_dir``
+    (see :func:`petlab.pictures.answers_folder`)."""
     from petlab.pictures import answers_folder
     from petlab.predict import predict_files
 
-    output_dir = answers_folder(pictures_dir) if checkpoint.task.spatial else None
+    output_dir = answers_folder(pictures_dir) if checkpoint.task.answerer().draws() else None
     files = [Path(path) for path in paths]
     return list(predict_files(checkpoint, files, top_k, batch_size, precision, output_dir, tta))
+
+
+def page_results(answerer: Any, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the page shows of ``petlab.predict``'s results: each answer's views (see ``Answerer.views``)."""
+    return [result if "error" in result else
+            {"image": result["image"], "views": answerer.views({k: v for k, v in result.items() if k != "image"})}
+            for result in results]  # fmt: skip
 
 
 def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
@@ -121,8 +130,7 @@ def check_options(cfg: DictConfig) -> None:
 def page_text(checkpoint: Any) -> tuple[str, str]:
     """The page's title and the line under it: what the model answers, and where it comes from."""
     task, names = checkpoint.task, checkpoint.class_names
-    question = {"classification": f"which {getattr(task, 'target', 'class')}?", "segmentation": "where is the pet?",
-                "head": "where is its head?", "joint": "every head's answer"}.get(task.kind, task.kind)  # fmt: skip
+    question = task.question
     classes = f" ({len(names)} classes: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})" if names else ""
     backbone = checkpoint.model.hparams.backbone.get("name", "")
     description = (f"Drop or pick one or more photos of cats and dogs. A {backbone} trained by petlab{classes}, "
@@ -141,14 +149,15 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"the page needs the app extra ({error.name} is missing): pip install -e '.[app]'") from error
     from petlab.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     check_port(cfg.host, cfg.port)
     examples = chosen_examples(checkpoint, cfg)
     title, description = page_text(checkpoint)
     with tempfile.TemporaryDirectory(prefix="petlab-app-") as pictures_dir:
 
         def answer(paths: list[str]) -> list[dict[str, Any]]:
-            return answer_images(checkpoint, paths, Path(pictures_dir), cfg.top_k, cfg.tta, cfg.precision)
+            results = answer_images(checkpoint, paths, Path(pictures_dir), cfg.top_k, cfg.tta, cfg.precision)
+            return page_results(checkpoint.task.answerer(), results)
 
         page = build_page(answer, title, description, examples, cfg.top_k)
         print(f"Serving {checkpoint.path} ({len(examples)} example image{'' if len(examples) == 1 else 's'})",

@@ -20,11 +20,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -35,37 +35,34 @@ from torchvision import transforms as v1
 from petlab.cli import quiet_console
 from petlab.config import config_dir, config_options, project_root
 from petlab.data.augment import BatchAugmentation
-from petlab.data.cache import CachedImageDataset, build_cache, cache_path, mask_cache_path
+from petlab.data.cache import build_cache, cache_path, target_cache_path
 from petlab.data.datamodule import PetDataModule, resolve_num_workers
-from petlab.data.index import build_index
-from petlab.data.masks import MASKS, read_trimap, resized_mask, trimap_path
+from petlab.data.frame import stored_values
+from petlab.data.items import CachedImageDataset, ItemTargets, by_key, collate
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
 from petlab.errors import PetlabError
 from petlab.module import PetModule, normalize_batch
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
-from petlab.tasks.base import fp32
+from petlab.tasks.base import Task, build_task, fp32
 
 Batch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> images
 
 
 class NotebookDataset(Dataset):
-    """What the user's notebook did for every item of every epoch (with ``mask_paths``, the same for the
-    trimap: PIL open, nearest-neighbour resize, to a tensor)."""
+    """What the user's notebook did for every item of every epoch (for per-pixel targets, the same for
+    each of them: read its file, resize it, to a tensor)."""
 
-    def __init__(self, paths: Sequence[str], image_size: int, mask_paths: Sequence[str] | None = None) -> None:
-        self.paths, self.mask_paths, self.size = list(paths), mask_paths, image_size
+    def __init__(self, paths: Sequence[str], image_size: int, targets: ItemTargets) -> None:
+        self.paths, self.targets, self.size = list(paths), targets, image_size
         self.transform = v1.Compose([v1.Resize((image_size, image_size)), v1.ToTensor(),
                                      v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, Any]:
         image = self.transform(Image.open(self.paths[item]).convert("RGB"))
-        if self.mask_paths is None:
-            return image, 0
-        mask = Image.open(self.mask_paths[item]).resize((self.size, self.size), Image.NEAREST)
-        return image, torch.from_numpy(np.array(mask))
+        return image, self.targets(item, ItemTransform(self.size, None))
 
 
 def _one_pass(loader: DataLoader, on_batch: Batch | None) -> float:
@@ -166,18 +163,110 @@ def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.devic
     return timer.images / (timer.finished - timer.started)
 
 
-BENCH_TASKS = ("species", "breed", "segmentation")  # the pipelines the bench measures (labels, trimaps)
-
-
-def task_config(name: str) -> DictConfig:
-    """``conf/task/NAME.yaml`` as a training run composes it."""
+def bench_task(name: str) -> Task:
+    """The task of ``conf/task/NAME.yaml`` (any task, a joint one included) as a training run builds it."""
     from hydra import compose, initialize_config_dir
 
-    from petlab.config import register_resolvers
+    from petlab.resolvers import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[f"task={name}"]).task
+        return build_task(compose("train", overrides=[f"task={name}"]).task)
+
+
+def loader_options(batch_size: int, workers: int, targets: Any) -> dict[str, Any]:
+    return {"batch_size": batch_size, "num_workers": workers, "persistent_workers": workers > 0,
+            "collate_fn": partial(collate, targets)}  # fmt: skip
+
+
+def notebook_pipeline(paths: Sequence[str], targets: ItemTargets, image_size: int, batch_size: int,
+                      workers: int) -> float:  # fmt: skip
+    """(a): images per second of the notebook's way, PIL per item per epoch."""
+    dataset = NotebookDataset(paths, image_size, targets)
+    return images_per_second(DataLoader(dataset, **loader_options(batch_size, workers, targets.kinds)))
+
+
+def petlab_pipeline(
+    paths: Sequence[str], values: dict[str, list[Any]], targets: Any, image_size: int, batch_size: int,
+    workers: int, cache_dir: Path,
+) -> dict[str, float]:  # fmt: skip
+    """(b): images per second of petlab's pipeline cold (building the decoded-image cache, and the caches of
+    per-pixel targets), warm (as validation reads it) and warm with the default training augmentation (here
+    on the CPU, in this process; in training on the training device)."""
+    side = resized_side(image_size, DEFAULT_CROP_MARGIN)
+    store, seconds = build_cache(paths, side, cache_path(cache_dir, paths, side, "bench"))
+    stores = {}
+    for key, target in by_key(targets).items():
+        if target.per_pixel:
+            stores[key], more = build_cache(values[key], side, target_cache_path(store, target.name),
+                                            partial(target.decode, side=side), target.what)  # fmt: skip
+            seconds += more
+
+    def cached(crop: int | None) -> DataLoader:
+        rows = range(len(paths))
+        dataset = CachedImageDataset(store, rows, ItemTargets(targets, values, stores, rows), ItemTransform(side, crop))
+        return DataLoader(dataset, **loader_options(batch_size, workers, targets))
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    augmentation = BatchAugmentation.from_config(image_size, default_augmentation())
+
+    def normalised(images: torch.Tensor, batch_targets: Any) -> torch.Tensor:
+        return normalize_batch(images, mean, std)
+
+    def augmented(images: torch.Tensor, batch_targets: Any) -> torch.Tensor:
+        return normalize_batch(augmentation(images, batch_targets, targets)[0], mean, std)
+
+    # Like for like with (a): the evaluation pipeline, images at image_size, normalised, no augmentation.
+    first_pass = len(paths) / images_per_second(cached(crop=image_size), normalised, warm_up=False)
+    return {
+        "b_cold_img_s": len(paths) / (seconds + first_pass),
+        "b_warm_img_s": images_per_second(cached(crop=image_size), normalised),
+        "b_warm_augmented_img_s": images_per_second(cached(crop=None), augmented),
+        "cache_mb": round(sum(path.stat().st_size for path in (store, *stores.values())) / 2**20, 1),
+        "cache_build_s": round(seconds, 2),
+    }
+
+
+def repeated(targets: Any, count: int) -> Any:
+    """A batch's targets repeated to ``count`` images (one tensor, or several by key)."""
+    if isinstance(targets, dict):
+        return {key: repeated(value, count) for key, value in targets.items()}
+    return targets.repeat_interleave(-(-count // len(targets)), dim=0)[:count]
+
+
+def model_throughput(
+    task: Task, datamodule: PetDataModule, model: str, device: torch.device, precision: str, steps: int,
+    repeats: int,
+) -> dict[str, Any]:  # fmt: skip
+    """(c) and (d): the model's compute bound and petlab's end-to-end training, in fp32 with contiguous
+    tensors (what training did before bfloat16) and in this device's default, alternately, ``repeats`` times
+    each (so that each ratio d/c compares measurements taken moments apart on a shared machine); medians."""
+    image_size, batch_size = datamodule.image_size, datamodule.batch_size
+    default = resolve_precision(precision, device.type)
+    results: dict[str, Any] = {"precision": default}
+    optimizer = instantiate(training_default("optimizer"))
+    for name, (chosen, channels_last) in {"fp32": ("32-true", False), "default": (default, AUTO)}.items():
+        module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean, datamodule.std,
+                           channels_last=channels_last, optimizer=optimizer)  # fmt: skip
+        memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
+        module.to(device, memory_format=memory_format or torch.contiguous_format)
+        batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
+        targets = move(repeated(next(iter(datamodule.loader("val")))[1], batch_size), device)
+        compute, training = [], []
+        for _ in range(repeats):
+            compute.append(compute_bound(module, batch, targets, steps, chosen))
+            training.append(end_to_end(module, datamodule, device, chosen, steps))
+        results[f"c_compute_{name}_img_s"] = statistics.median(compute)
+        results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)
+        results[f"ratio_d_over_c_{name}"] = statistics.median(d / c for d, c in zip(training, compute, strict=True))
+    return results
+
+
+def move(targets: Any, device: torch.device) -> Any:
+    if isinstance(targets, dict):
+        return {key: value.to(device) for key, value in targets.items()}
+    return targets.to(device)
 
 
 def run_bench(
@@ -185,98 +274,32 @@ def run_bench(
     workers: int | str = "auto", steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
     task: str = "species",
 ) -> dict[str, Any]:  # fmt: skip
-    """Measure (a)-(d) for ``task`` on the first ``images`` usable images of ``root``; return the figures.
-
-    For a task with masks (segmentation), every pipeline carries the images' trimaps too.
-    """
+    """Measure (a)-(d) for ``task`` (any task of ``conf/task``) on the first ``images`` images of ``root``
+    that have its targets; return the figures. Every pipeline carries the task's targets, as its kinds say
+    (a label is a number; a per-pixel mask is read, resized and cached as the images are)."""
     notebook_workers, workers = resolve_num_workers(workers), resolve_num_workers(workers, cached=True)
-    task_settings = task_config(task)
-    masked = task_settings.target == MASKS
     if not root.is_dir():
         raise PetlabError(f"no dataset at {root}: give --root DIR (`make sample` writes data/sample-pets)")
-    if masked and not (root / "annotations" / "trimaps").is_dir():
-        raise PetlabError(f"--task {task} needs trimaps, and there is no {root / 'annotations' / 'trimaps'}: give "
-                          "--root an Oxford-IIIT Pet copy (or data/sample-pets)")  # fmt: skip
-    index = build_index(root)
-    usable = index["readable"] & (index["trimap"] == "") if masked else index["readable"]
-    paths = index.loc[usable, "path"].tolist()[:images]
-    if len(paths) < batch_size:
-        raise PetlabError(f"{root} has {len(paths)} usable images for task={task}; the bench needs at least "
-                          "--batch-size")  # fmt: skip
-    mask_paths = [str(trimap_path(root, Path(path).stem)) for path in paths] if masked else None
-
-    def loader_options(count: int) -> dict[str, Any]:
-        return {"batch_size": batch_size, "num_workers": count, "persistent_workers": count > 0}
-
-    results: dict[str, Any] = {"root": str(root), "task": task, "model": model, "image_size": image_size,
-                               "batch_size": batch_size, "images": len(paths), "notebook_workers": notebook_workers,
-                               "workers": workers}  # fmt: skip
-    notebook = DataLoader(NotebookDataset(paths, image_size, mask_paths), **loader_options(notebook_workers))
-    results["a_notebook_img_s"] = images_per_second(notebook)
-
+    built = bench_task(task)
+    device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
-        side = resized_side(image_size, DEFAULT_CROP_MARGIN)
-        store, build_seconds = build_cache(paths, side, cache_path(Path(cache_dir), paths, side, "bench"))
-        masks = None
-        if mask_paths is not None:
-            masks, mask_seconds = build_cache(
-                mask_paths, side, mask_cache_path(store), lambda path: resized_mask(read_trimap(path), side), "trimaps"
-            )  # fmt: skip
-            build_seconds += mask_seconds
-
-        def cached(crop: int | None) -> DataLoader:
-            dataset = CachedImageDataset(store, range(len(paths)), [0] * len(paths), ItemTransform(side, crop),
-                                         masks=masks)  # fmt: skip
-            return DataLoader(dataset, **loader_options(workers))
-
-        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        augment = default_augmentation()
-        augmentation = BatchAugmentation.from_config(image_size, augment)
-
-        def normalised(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return normalize_batch(images, mean, std)
-
-        def augmented(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return normalize_batch(augmentation(images, targets)[0], mean, std)
-
-        # Like for like with (a): the evaluation pipeline, images at image_size, normalised, no augmentation.
-        first_pass = len(paths) / images_per_second(cached(crop=image_size), normalised, warm_up=False)
-        results["b_cold_img_s"] = len(paths) / (build_seconds + first_pass)
-        results["b_warm_img_s"] = images_per_second(cached(crop=image_size), normalised)
-        # The training pipeline: whole cached images, the default augmentation applied to batches (here on
-        # the CPU, in this process; in training on the training device).
-        results["b_warm_augmented_img_s"] = images_per_second(cached(crop=None), augmented)
-        results["cache_mb"] = round(sum(path.stat().st_size for path in (store, masks) if path) / 2**20, 1)
-        results["cache_build_s"] = round(build_seconds, 2)
-
-        device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-        datamodule = PetDataModule(root, target=task_settings.target, image_size=image_size, batch_size=batch_size,
-                                   num_workers=workers, augment=augment, cache_dir=cache_dir,
+        datamodule = PetDataModule(root, targets=built.targets(), image_size=image_size, batch_size=batch_size,
+                                   num_workers=workers, augment=default_augmentation(), cache_dir=cache_dir,
                                    split="random")  # fmt: skip
         datamodule.setup("fit")
-        default = resolve_precision(precision, device.type)
-        results["precision"] = default
-        # fp32 with contiguous tensors, what training did before bfloat16; then this device's default.
-        settings = {"fp32": ("32-true", False), "default": (default, AUTO)}
-        optimizer = instantiate(training_default("optimizer"))
-        for name, (chosen, channels_last) in settings.items():
-            built = instantiate(task_settings, **datamodule.task_arguments(), _convert_="all")
-            module = PetModule({"name": model, "pretrained": False}, built, image_size, datamodule.mean,
-                               datamodule.std, channels_last=channels_last, optimizer=optimizer)  # fmt: skip
-            memory_format = torch.channels_last if uses_channels_last(channels_last, device.type) else None
-            module.to(device, memory_format=memory_format or torch.contiguous_format)
-            batch = torch.randn(batch_size, 3, image_size, image_size, device=device)
-            batch = batch.contiguous(memory_format=memory_format or torch.contiguous_format)
-            targets = next(iter(datamodule.loader("val")))[1]  # real targets: a class or a mask per image
-            targets = targets.repeat_interleave(-(-batch_size // len(targets)), dim=0)[:batch_size].to(device)
-            # Alternated, so that each ratio d/c compares measurements taken moments apart on a shared machine.
-            compute, training = [], []
-            for _ in range(repeats):
-                compute.append(compute_bound(module, batch, targets, steps, chosen))
-                training.append(end_to_end(module, datamodule, device, chosen, steps))
-            results[f"c_compute_{name}_img_s"] = statistics.median(compute)
-            results[f"d_end_to_end_{name}_img_s"] = statistics.median(training)
-            results[f"ratio_d_over_c_{name}"] = statistics.median(d / c for d, c in zip(training, compute, strict=True))
+        frame = datamodule.frame.head(images)
+        if len(frame) < batch_size:
+            raise PetlabError(f"{root} has {len(frame)} usable images for task={task}; the bench needs at least "
+                              "--batch-size")  # fmt: skip
+        paths, values = frame["path"].tolist(), stored_values(frame, datamodule.keyed_targets)
+        results: dict[str, Any] = {"root": str(root), "task": task, "model": model, "image_size": image_size,
+                                   "batch_size": batch_size, "images": len(paths),
+                                   "notebook_workers": notebook_workers, "workers": workers}  # fmt: skip
+        item_targets = ItemTargets(built.targets(), values)
+        results["a_notebook_img_s"] = notebook_pipeline(paths, item_targets, image_size, batch_size, notebook_workers)
+        results.update(petlab_pipeline(paths, values, built.targets(), image_size, batch_size, workers,
+                                       Path(cache_dir)))  # fmt: skip
+        results.update(model_throughput(built, datamodule, model, device, precision, steps, repeats))
     results["speedup_c_default_over_fp32"] = results["c_compute_default_img_s"] / results["c_compute_fp32_img_s"]
     results["speedup_d_default_over_fp32"] = results["d_end_to_end_default_img_s"] / results["d_end_to_end_fp32_img_s"]
     results["ratio_b_warm_over_a"] = results["b_warm_img_s"] / results["a_notebook_img_s"]
@@ -300,9 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--task",
         default="species",
-        choices=BENCH_TASKS,
-        help="species or breed (the classification pipeline) or segmentation (images with trimaps); the "
-        "head and joint tasks are not measured yet",
+        choices=config_options("task"),
+        help="any task of conf/task: its targets travel every pipeline, as their kinds say (default species)",
     )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)

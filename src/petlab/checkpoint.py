@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
+from petlab.data.targets import Box, Label, Mask, class_path
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, resized_side
 from petlab.errors import PetlabError, first_line
 from petlab.module import CHECKPOINT_FORMAT, PetModule
-from petlab.tasks import Task, task_from_spec
+from petlab.tasks import Classification, HeadBox, Joint, Segmentation, Task, from_spec
 
 
 @dataclass
@@ -105,10 +109,41 @@ def upgrade_format_1(hparams: dict[str, Any], state: dict[str, Any]) -> tuple[di
     return upgraded, {renamed(key): value for key, value in state.items()}
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+# Format 2 named a task by its kind, and a joint model's tasks by the names petlab knew then.
+FORMAT_2_KINDS = {"classification": (Classification, Label), "segmentation": (Segmentation, Mask),
+                  "head": (HeadBox, Box)}  # fmt: skip
+FORMAT_2_JOINT_KINDS = {"species": "classification", "breed": "classification", "segmentation": "segmentation",
+                        "head": "head"}  # fmt: skip
+
+
+def upgrade_format_2_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 task spec (``kind``, the target's name, a classifier's ``class_names``) named by classes."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind == "joint":
+        options = spec.pop("options", {})
+        configs = {head: upgrade_format_2_task({"kind": FORMAT_2_JOINT_KINDS[head], "name": head, **options[head]})
+                   for head in spec["heads"]}  # fmt: skip
+        return {"class": class_path(Joint), **spec, "tasks": spec.pop("heads"), "configs": configs}
+    task_class, target_class = FORMAT_2_KINDS[kind]
+    target = {"class": class_path(target_class), "name": spec.pop("target")}
+    if target_class is Label:
+        target["classes"] = spec.pop("class_names")
+    return {"class": class_path(task_class), **spec, "target": target}
+
+
+def upgrade_format_2(hparams: dict[str, Any], state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A format-2 checkpoint as format 3: its task named by classes, a joint model's heads under ``head.tasks``."""
+    upgraded = {**hparams, "task": upgrade_format_2_task(hparams["task"])}
+    return upgraded, {key.replace("head.heads.", "head.tasks.", 1): value for key, value in state.items()}
+
+
+def load_checkpoint(path: str | Path, plugins: Sequence[str] = ()) -> Checkpoint:
     """Load a checkpoint written by ``python -m petlab`` as a model in eval mode (see :func:`read_checkpoint`).
 
-    Checkpoints of petlab's first release (format 1) are upgraded as they load.
+    Its task and target classes are imported only from petlab and from the packages ``plugins`` names:
+    a checkpoint cannot make petlab import code of its own choosing. Checkpoints of earlier formats are
+    upgraded as they load.
     """
     content = read_checkpoint(path)
     path = Path(path).expanduser()
@@ -120,9 +155,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"reads up to {CHECKPOINT_FORMAT}): update petlab to use it"
         )
     try:
-        if checkpoint_format < CHECKPOINT_FORMAT:
+        if checkpoint_format < 2:
             hparams, state = upgrade_format_1(hparams, state)
-        task = task_from_spec(hparams.pop("task"))
+        if checkpoint_format < 3:
+            hparams, state = upgrade_format_2(hparams, state)
+        task = from_spec(hparams.pop("task"), plugins)
+        if not isinstance(task, Task):
+            raise PetlabError(f"ckpt_path={path} names a target where its task should be: it cannot be used")
         # The weights come from the checkpoint: never download or read the training-time weight source again.
         hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights_path": None}
         hparams["compile"] = False
@@ -130,6 +169,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = dict(state)
         model.restore_best(state, content["petlab"])
         model.load_state_dict(state)
+    except PetlabError as error:
+        raise PetlabError(f"ckpt_path={path}: {error}") from error
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise PetlabError(
             f"ckpt_path={path} does not fit this petlab's models ({first_line(error)[:200]}): evaluate it with "
@@ -137,10 +178,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from error
     model.eval()
     data_config = dict(content["petlab"].get("data") or {})
-    # Names of the first release: crop_margin was cache_margin, the label column was the data's task.
-    for old, new in (("cache_margin", "crop_margin"), ("task", "target")):
-        if old in data_config:
-            data_config[new] = data_config.pop(old)
+    # Names of the first release: crop_margin was cache_margin. Targets now come from the task.
+    if "cache_margin" in data_config:
+        data_config["crop_margin"] = data_config.pop("cache_margin")
+    for old in ("task", "target"):
+        data_config.pop(old, None)
     return Checkpoint(model, path, data_config)
 
 
@@ -148,10 +190,11 @@ def checkpoint_datamodule(checkpoint: Checkpoint, data_config: Any = None, **opt
     """The data module ``checkpoint`` was trained with (or ``data_config``, any dataset with its classes),
     reading images at its size and normalisation as validation did: no upsampling, no progressive resizing,
     never downloading."""
-    from hydra.utils import instantiate
-
+    if isinstance(data_config, DictConfig):
+        data_config = OmegaConf.to_container(data_config, resolve=True)
+    data_config = {key: value for key, value in (data_config or checkpoint.data_config).items() if key != "target"}
     return instantiate(
-        data_config or checkpoint.data_config, **checkpoint.task.data_options(), image_size=checkpoint.image_size,
+        data_config, targets=checkpoint.task.targets(), image_size=checkpoint.image_size,
         mean=checkpoint.mean, std=checkpoint.std, upsample="none", progressive_resize=None, download=False,
         _convert_="all", **options,
     )  # fmt: skip

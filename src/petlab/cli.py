@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from petlab.errors import PetlabError
+from petlab.errors import PetlabError, user_error
 from petlab.jobs import mark_failed
 from petlab.resume import RECORD_PREFIX
 
@@ -23,15 +23,6 @@ log = logging.getLogger("petlab")
 Result = TypeVar("Result")
 # User errors of the jobs of a multirun run in this process, reported when the sweep ends.
 failed_jobs: list[str] = []
-
-
-def user_error(error: BaseException | None) -> PetlabError | None:
-    """The PetlabError behind ``error`` (Hydra wraps errors raised while instantiating), if there is one."""
-    while error is not None:
-        if isinstance(error, PetlabError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 # Lightning's start-up chatter: kept in the run's log file, left off the console.
@@ -68,6 +59,15 @@ def quiet_console() -> None:
     # summary sizing weights in bits under mixed precision (weights stay fp32).
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")
+
+
+def plugins(cfg: DictConfig) -> list[str]:
+    """The packages (``plugins=[...]``) whose task and target classes a checkpoint may name, besides petlab's."""
+    value = cfg.get("plugins") or []
+    names = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(name, str) and name.isidentifier() for name in names):
+        raise PetlabError(f"plugins={names} must name Python packages, e.g. plugins=[my_tasks]")
+    return names
 
 
 def require(cfg: DictConfig, *keys: str) -> None:

@@ -1,4 +1,4 @@
-"""Where petlab's configs and files live, and the OmegaConf resolvers its configs use."""
+"""Where petlab's configs and files live, and how runs and sweep jobs are named."""
 
 from __future__ import annotations
 
@@ -9,10 +9,6 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
-
-from omegaconf import OmegaConf
-
-from petlab.errors import PetlabError
 
 CHECKOUT_DIR = Path(__file__).resolve().parents[2]  # src/petlab/config.py -> the checkout
 
@@ -89,67 +85,3 @@ def sweep_label(overrides: Any) -> str:
     varied = [str(item).lstrip("+~") for item in overrides]
     varied = [item for item in varied if item.split("=", 1)[0] not in fixed]
     return "+".join(re.sub(r"[^A-Za-z0-9._-]+", "-", item).strip("-") for item in varied)[:120]
-
-
-def existing_dir(path: str) -> str:
-    """``path``, created if missing: for files opened before any job exists (Optuna's SQLite storage)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
-    OmegaConf.register_new_resolver("run_id", run_id, replace=True)
-    OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
-    OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
-    OmegaConf.register_new_resolver("monitor_mode", monitor_mode, replace=True)
-    OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
-    OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
-    OmegaConf.register_new_resolver("joint_targets", joint_targets, replace=True)
-
-
-def joint_targets(heads: Any) -> list[str]:
-    """The data targets that a joint task's heads read (task.target of task=joint)."""
-    from petlab.tasks.joint import data_targets
-
-    return data_targets(list(heads))
-
-
-def monitor_mode(monitor: str) -> str:
-    """Whether a monitored metric is better higher (``max``) or lower (``min``, a loss): task.mode's default."""
-    return "min" if monitor.endswith("loss") else "max"
-
-
-def optuna_direction(mode: str) -> str:
-    """A task's monitor mode (max, min) as Optuna's study direction."""
-    if mode not in ("max", "min"):
-        raise PetlabError(f"task.mode={mode} must be max or min")
-    return {"max": "maximize", "min": "minimize"}[mode]
-
-
-def whole_number(name: str, value: Any, minimum: int, maximum: int | None = None, hint: str = "") -> int:
-    """``value`` if it is a whole number in [minimum, maximum]; else a PetlabError naming the key and the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
-        valid = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise PetlabError(f"{name}={value!r} is not valid: it must be a whole number {valid}{hint}")
-    return value
-
-
-def switch(name: str, value: Any) -> bool:
-    """``value`` if it is true or false; else a PetlabError naming the key."""
-    if not isinstance(value, bool):
-        raise PetlabError(f"{name}={value!r} is not valid: give true or false")
-    return value
-
-
-def real_number(name: str, value: Any, minimum: float, below: float | None = None) -> float:
-    """``value`` if it is a number >= minimum (and < ``below``); else a PetlabError naming the key and the range."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or value < minimum
-        or (below is not None and value >= below)
-    ):
-        valid = f">= {minimum:g}" if below is None else f"from {minimum:g} to below {below:g}"
-        raise PetlabError(f"{name}={value!r} is not valid: it must be a number {valid}")
-    return float(value)

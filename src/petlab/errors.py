@@ -15,3 +15,12 @@ def first_line(error: BaseException) -> str:
     """The first line of a library's error message (its type's name when it has none), to quote in one line."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def user_error(error: BaseException | None) -> PetlabError | None:
+    """The PetlabError behind ``error`` (Hydra wraps errors raised while instantiating), if there is one."""
+    while error is not None:
+        if isinstance(error, PetlabError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None

@@ -17,9 +17,11 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers, switch
-from petlab.errors import PetlabError, shown
+from petlab.checks import switch
+from petlab.cli import plugins, require, user_facing
+from petlab.config import config_dir
+from petlab.errors import PetlabError
+from petlab.resolvers import register_resolvers
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -33,21 +35,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import RichProgressBar
 
     from petlab.checkpoint import checkpoint_datamodule, load_checkpoint
+    from petlab.interpret import Evaluation
     from petlab.trainer import build_group, build_trainer, numerics, scalar_metrics, tensorboard_writer
 
     require(cfg, "ckpt_path")
     switch("tta", cfg.tta)
     L.seed_everything(cfg.seed, verbose=False)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     model, task = checkpoint.model, checkpoint.task
     data_config = cfg.data if _overrides_data() or not checkpoint.data_config else checkpoint.data_config
     datamodule = checkpoint_datamodule(checkpoint, data_config)
-    datamodule.setup("test")
-    for target, classes in task.label_classes().items():  # none for trimaps and boxes
-        found = datamodule.label_classes.get(target, [])
-        if found != classes:
-            raise PetlabError(f"the dataset's {target} classes {shown(found)} differ from the checkpoint's "
-                              f"{shown(classes)}: evaluate on a dataset with the same classes")  # fmt: skip
+    datamodule.setup("test")  # a label target checks that the dataset's classes are the model's
     if cfg.split not in ("val", "test") or cfg.split not in datamodule.datasets:
         raise PetlabError(f"split={cfg.split} is not available here: choose one of val, test")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -55,8 +53,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg.trainer, logger=loggers or False, callbacks=[RichProgressBar()])
     model.tta = cfg.tta
     trainer.test(model, dataloaders=datamodule.loader(cfg.split))
-    task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets[cfg.split],
-                          tensorboard_writer(trainer), step=0)  # fmt: skip
+    evaluation = Evaluation(output_dir, tensorboard_writer(trainer), 0, output_dir / "tensorboard")
+    task.write_evaluation(evaluation, model.test_outputs, datamodule.datasets[cfg.split])
     # Lightning names what trainer.test measures test/...; the files name the split that was measured.
     metrics = {re.sub(r"^test/", f"{cfg.split}/", key): value for key, value in scalar_metrics(trainer).items()}
     images = len(next(iter(model.test_outputs.values()), []))

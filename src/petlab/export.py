@@ -4,7 +4,7 @@ The exported network normalises its input itself, so a user feeds RGB images sca
 size ``<file>.json`` gives (``input_size``) and gets the task's output (class logits for classification,
 per-pixel logits for segmentation); that file also says how to prepare an image and names the classes.
 ``format=space`` writes a folder with the ONNX model and the page of ``python -m petlab.app`` that runs it,
-ready for a hosting service that serves a Gradio app from a folder.
+with the task's answer code (numpy only), ready for a hosting service that serves a Gradio app from a folder.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers, whole_number
+from petlab.checks import whole_number
+from petlab.cli import plugins, require, user_facing
+from petlab.config import config_dir
 from petlab.errors import PetlabError
+from petlab.resolvers import register_resolvers
 
 register_resolvers()
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -89,7 +91,8 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
     outputs = checkpoint.task.export_spec()
     spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
             "input_size": size, "side": side, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
-            "preprocess": preprocess, **outputs, "checkpoint": str(checkpoint.path), **(sidecar or {})}  # fmt: skip
+            "preprocess": preprocess, **outputs, "answerer": checkpoint.task.answerer().spec(),
+            "checkpoint": str(checkpoint.path), **(sidecar or {})}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":
             with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX
@@ -110,6 +113,26 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
     return output
 
 
+def copy_answer_code(modules: set[str], folder: Path) -> None:
+    """What the exported page answers with, without petlab: a ``petlab/`` folder holding only
+    ``pictures.py`` and the ``answers`` package, and each other module of ``modules`` (a task's answerer of
+    the user's own) at its import path, its packages empty but for it."""
+    package = Path(__file__).parent
+    shutil.rmtree(folder / "petlab", ignore_errors=True)  # an earlier export's, when overwriting
+    shutil.copytree(package / "answers", folder / "petlab" / "answers", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(package / "pictures.py", folder / "petlab" / "pictures.py")
+    (folder / "petlab" / "__init__.py").write_text("")
+    for name in sorted(module for module in modules if not module.startswith("petlab.")):
+        parts = name.split(".")
+        target = folder.joinpath(*parts[:-1])
+        target.mkdir(parents=True, exist_ok=True)
+        for depth in range(1, len(parts)):
+            init = folder.joinpath(*parts[:depth], "__init__.py")
+            if not init.exists():
+                init.write_text("")
+        shutil.copyfile(sys.modules[name].__file__, target / f"{parts[-1]}.py")
+
+
 def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int) -> Path:
     """Write ``folder``: the ONNX model, the page that runs it without petlab (``app.py`` with petlab's
     ``page.py`` and ``pictures.py``), ``examples/``, ``requirements.txt`` and a README on publishing it."""
@@ -122,7 +145,7 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     package = Path(__file__).parent
     shutil.copyfile(package / "web" / "space_app.py", folder / "app.py")
     shutil.copyfile(package / "web" / "page.py", folder / "page.py")
-    shutil.copyfile(package / "pictures.py", folder / "pictures.py")
+    copy_answer_code(checkpoint.task.answerer().modules(), folder)
     shutil.rmtree(folder / "examples", ignore_errors=True)  # an earlier export's examples, when overwriting
     if examples:
         (folder / "examples").mkdir()
@@ -180,7 +203,7 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"unknown format={cfg.format}: choose one of {', '.join(CHOICES)}")
     if cfg.format == "space":
         whole_number("top_k", cfg.top_k, 1)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     output = Path(cfg.output).expanduser() if cfg.output else default_output(checkpoint.path, cfg.format)
     if output.exists() and not cfg.overwrite:
         raise PetlabError(f"{output} already exists: choose another output=PATH or set overwrite=true")

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from petlab.averaging import ExponentialMovingAverage, check_decay
 from petlab.errors import PetlabError
 from petlab.models import create_backbone, parameter_counts
+from petlab.optim import parameter_groups
 from petlab.precision import uses_channels_last
 from petlab.tasks import Task
 from petlab.tasks.base import Outputs, fp32
@@ -20,8 +21,9 @@ from petlab.tasks.base import Outputs, fp32
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 STAGES = ("train", "val", "test")
-CHECKPOINT_FORMAT = 2  # 1: petlab's first release, one classifier before backbones and tasks
-NORMALIZATION_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+# 1: petlab's first release, one classifier before backbones and tasks; 2: tasks named by kind, joint heads
+# under head.heads; 3: tasks and targets named by class (see petlab.checkpoint for the upgrades).
+CHECKPOINT_FORMAT = 3
 
 
 def metric_key(stage: str, name: str) -> str:
@@ -71,7 +73,7 @@ class PetModule(L.LightningModule):
         self.hparams["task"] = task.spec()
         self.task = task
         self.backbone = create_backbone(image_size=image_size, pool=pool, **backbone)
-        self.head = task.head(self.backbone)
+        self.head = task.build_head(self.backbone)
         if compile:
             # In place: the module stays a Backbone, and its parameter names (and checkpoints) do not change.
             self.backbone.compile()
@@ -224,32 +226,8 @@ class PetModule(L.LightningModule):
         self.test_outputs = {name: value.cpu() for name, value in kept.items()}
 
     def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups: one per layer group, with lrs growing geometrically from lr x backbone_lr_factor
-        at the stem to lr at the head (all equal when the factor is 1); each split in two when normalisation
-        layers and biases get their own weight decay."""
-        groups = self.layer_groups()
-        steps = max(1, len(groups) - 1)
-        no_decay = (
-            {id(p) for p in self._norm_and_bias_parameters()} if self.norm_bias_weight_decay is not None else set()
-        )
-        result = []
-        for i, params in enumerate(groups):
-            group_lr = lr * self.backbone_lr_factor ** ((steps - i) / steps)
-            decayed = [p for p in params if id(p) not in no_decay]
-            exempt = [p for p in params if id(p) in no_decay]
-            result += [{"params": decayed, "lr": group_lr}] if decayed else []
-            result += (
-                [{"params": exempt, "lr": group_lr, "weight_decay": self.norm_bias_weight_decay}] if exempt else []
-            )
-        return result
-
-    def _norm_and_bias_parameters(self) -> list[nn.Parameter]:
-        found = []
-        for module in self.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if isinstance(module, NORMALIZATION_LAYERS) or name == "bias":
-                    found.append(parameter)
-        return found
+        """Optimizer groups of the layer groups (see :func:`petlab.optim.parameter_groups`)."""
+        return parameter_groups(self, self.layer_groups(), lr, self.backbone_lr_factor, self.norm_bias_weight_decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory or torch.optim.AdamW

@@ -17,9 +17,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from petlab.cli import require, user_facing
-from petlab.config import config_dir, register_resolvers, switch, whole_number
+from petlab.checks import switch, whole_number
+from petlab.cli import plugins, require, user_facing
+from petlab.config import config_dir
 from petlab.errors import PetlabError
+from petlab.resolvers import register_resolvers
 
 register_resolvers()
 OUTPUTS = ("table", "json")
@@ -52,9 +54,9 @@ def predict_files(
     checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto",
     output_dir: Path | None = None, tta: bool = False,
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """One result per file: ``{"image", **the task's answer}`` (for classification ``"top": [{"class",
-    "probability"}...]``; for segmentation ``"pet_fraction"`` and the ``"mask"`` and ``"overlay"`` files
-    written to ``output_dir``) or ``{"image", "error"}``.
+    """One result per file: ``{"image", **the task's answer}`` (see the task's answerer: for classification
+    ``"top": [{"class", "probability"}...]``; for segmentation ``"pet_fraction"`` and, given ``output_dir``,
+    the ``"mask"`` and ``"overlay"`` files written there) or ``{"image", "error"}``.
 
     The model runs on the CPU with the precision and memory format training would use there; with ``tta``
     its answers for each image and its mirror are averaged.
@@ -64,10 +66,8 @@ def predict_files(
     from petlab.data.transforms import ItemTransform, load_rgb
     from petlab.precision import autocast, resolve_precision, uses_channels_last
 
-    task = checkpoint.task
+    task, answerer = checkpoint.task, checkpoint.task.answerer()
     transform = ItemTransform(checkpoint.side, crop=None if task.spatial else checkpoint.image_size)
-    if task.spatial and output_dir is None:
-        raise PetlabError(f"a {task.kind} model writes its answers as files: give output_dir=DIR")
     stems: set[str] = set()
     memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
     if memory_format is not None:
@@ -86,15 +86,11 @@ def predict_files(
                 batch = batch.contiguous(memory_format=memory_format)
             with torch.inference_mode(), autocast("cpu", precision):
                 outputs = checkpoint.model.outputs(batch, tta)
-            images = list(originals.values())
-            answers = dict(zip(originals, task.predictions(outputs, images, top_k), strict=True))
             for row, (position, image) in enumerate(originals.items()):
-                if task.spatial:
-                    stem = unique_stem(chunk[position].stem, stems, make_output_dir(output_dir))
-                    written = task.write_prediction(item_outputs(outputs, row), image, output_dir, stem)
-                    for name, files in written.items():
-                        answer = answers[position]
-                        answer[name] = {**answer[name], **files} if isinstance(files, dict) else files
+                stem = chunk[position].stem
+                if output_dir is not None:
+                    stem = unique_stem(stem, stems, make_output_dir(output_dir))
+                answers[position] = answerer.answer(item_outputs(outputs, row), image, top_k, output_dir, stem)
         for position, path in enumerate(chunk):
             if position in answers:
                 yield {"image": str(path), **answers[position]}
@@ -103,8 +99,10 @@ def predict_files(
 
 
 def item_outputs(outputs: Any, row: int) -> Any:
-    """One image's outputs of a batch's (one tensor, or one per head of a joint task)."""
-    return {name: value[row] for name, value in outputs.items()} if isinstance(outputs, dict) else outputs[row]
+    """One image's outputs of a batch's as numpy arrays (one, or one per task of a joint model)."""
+    if isinstance(outputs, dict):
+        return {name: value[row].numpy() for name, value in outputs.items()}
+    return outputs[row].numpy()
 
 
 def make_output_dir(output_dir: Path) -> Path:
@@ -127,11 +125,13 @@ def unique_stem(stem: str, used: set[str], output_dir: Path) -> str:
     return candidate
 
 
-def print_table(task: Any, results: Sequence[dict[str, Any]]) -> None:
+def print_table(answerer: Any, results: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    headers, rows = task.prediction_table([result for result in results if "error" not in result])
+    answered = [result for result in results if "error" not in result]
+    headers, rows = answerer.table(answered)
+    headers, rows = ["image", *headers], [[result["image"], *row] for result, row in zip(answered, rows, strict=True)]
     table = Table(*headers)
     for row in rows:
         table.add_row(*row)
@@ -150,12 +150,12 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"unknown output={cfg.output}: choose table or json")
     check_answer_options(cfg)
     entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     files = image_files(entries)
     if not files:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     results = []
-    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.spatial else None
+    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.answerer().draws() else None
     for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir, cfg.tta):
         if "error" in result:
             print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
@@ -168,7 +168,7 @@ def main(cfg: DictConfig) -> None:
                    else f"none of the {len(files)} files in {given} is a readable image")  # fmt: skip
         raise PetlabError(f"{problem}: nothing to predict")
     if cfg.output == "table":
-        print_table(checkpoint.task, results)
+        print_table(checkpoint.task.answerer(), results)
     if output_dir is not None:
         print(f"Pictures of the answers written to {output_dir}", file=sys.stderr)
 

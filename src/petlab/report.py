@@ -31,7 +31,8 @@ from petlab.jobs import run_status
 
 log = logging.getLogger(__name__)
 
-RUN_FIGURES = ["best_epoch", "seconds", "params_total"]  # besides the val/ and test/ metrics
+# Figures of a run besides the val/ and test/ metrics, and which way each is better.
+RUN_FIGURES = {"best_epoch": "min", "seconds": "min", "params_total": "min"}
 REPLICATE_KEYS = ("seed", "data.fold")
 DEFAULT_METRIC = "val/acc_best"  # for runs written before metrics.json named the monitored metric
 
@@ -63,6 +64,7 @@ def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, 
         "model": (model.get("backbone") or {}).get("name") or model.get("arch", ""),  # arch: first-release runs
         "monitor": metrics.get("monitor", "val/acc") + "_best" if metrics else None,
         "monitor_mode": metrics.get("monitor_mode", "max") if metrics else None,
+        "directions": metrics.get("directions") or {},
         "overrides": _overrides(run), **{name: value for name, value in metrics.items() if is_metric(name)},
     }  # fmt: skip
 
@@ -85,15 +87,15 @@ def collect_runs(directories: Sequence[str | Path]) -> pd.DataFrame:
                 rows.append(_run_row(run, directory, composed))
             except ValueError as error:
                 log.warning(f"{run}: {error}; listed as unreadable")
-                rows.append({"run": str(run.relative_to(directory.parent)), "status": "unreadable",
-                             "error": str(error), "task": "", "model": "", "overrides": {}})  # fmt: skip
+                rows.append({"run": str(run.relative_to(directory.parent)), "status": "unreadable", "error": str(error),
+                             "task": "", "model": "", "directions": {}, "overrides": {}})  # fmt: skip
     if not rows:
         raise PetlabError(
             f"no petlab runs (directories with .hydra/config.yaml) under {', '.join(map(str, directories))}"
         )
     metrics = sorted({name for row in rows for name in row if is_metric(name) and name not in RUN_FIGURES})
-    columns = ["run", "status", "error", "task", "model", "monitor", "monitor_mode", "overrides", *metrics,
-               *RUN_FIGURES]  # fmt: skip
+    columns = ["run", "status", "error", "task", "model", "monitor", "monitor_mode", "directions", "overrides",
+               *metrics, *RUN_FIGURES]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns).astype({"best_epoch": "Int64", "params_total": "Int64"})
     overrides = pd.DataFrame(list(frame.pop("overrides")), index=frame.index).fillna("")
     # task=/model= choices are already the task and model columns.
@@ -115,21 +117,28 @@ def rankings(runs: pd.DataFrame, metric: str | None, also: Sequence[str] = ()) -
     return [(name, summarise(runs[runs["monitor"] == name], name, also)) for name in monitored]
 
 
-LOWER_IS_BETTER = ("loss", "seconds", "params_")
-
-
 def lower_is_better(runs: pd.DataFrame, metric: str) -> bool:
-    """Whether ``metric`` ranks lowest first: the task's mode for the metric it monitors, else by its name."""
-    modes = set(runs.loc[runs["monitor"] == metric, "monitor_mode"].dropna())
-    if modes:
-        return modes == {"min"}
-    return any(word in metric for word in LOWER_IS_BETTER)
+    """Whether ``metric`` ranks lowest first, as the runs' tasks declared it (``metrics.json``'s
+    ``directions``; a best value, ``val/acc_best``, goes the way of its metric). Runs written before petlab
+    recorded directions give it for their monitored metric only; any other is ranked highest first, with a
+    warning."""
+    if metric in RUN_FIGURES:
+        return RUN_FIGURES[metric] == "min"
+    declared = {directions[metric.removesuffix("_best")] for directions in runs["directions"]
+                if isinstance(directions, dict) and metric.removesuffix("_best") in directions}  # fmt: skip
+    declared |= set(runs.loc[runs["monitor"] == metric, "monitor_mode"].dropna())
+    if len(declared) > 1:
+        raise PetlabError(f"the runs disagree on whether {metric} is better higher or lower: rank runs of one task")
+    if not declared:
+        log.warning(f"these runs do not say whether {metric} is better higher or lower (they predate petlab "
+                    "recording it): ranked highest first")  # fmt: skip
+    return declared == {"min"}
 
 
 def summarise(runs: pd.DataFrame, metric: str, also: Sequence[str] = ()) -> pd.DataFrame:
     """Mean, standard deviation and count of ``metric`` per configuration (replicates pooled), best first;
     with the mean and standard deviation of the metrics ``also`` names beside it."""
-    ignored = ("run", "status", "error", "monitor", "monitor_mode", *REPLICATE_KEYS)
+    ignored = ("run", "status", "error", "monitor", "monitor_mode", "directions", *REPLICATE_KEYS)
     keys = [c for c in runs.columns if not is_metric(c) and c not in ignored]
     shown = [metric, *(name for name in also if name != metric and name in runs.columns)]
     columns = [*keys, "runs", *(f"{name} {stat}" for name in shown for stat in ("mean", "std"))]
@@ -168,7 +177,7 @@ def write_report(
     (see :func:`rankings`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     sections = rankings(runs, metric, also)
-    runs = runs.drop(columns=["monitor", "monitor_mode"])
+    runs = runs.drop(columns=["monitor", "monitor_mode", "directions"])
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     markdown = []
     for name, summary in sections:
@@ -215,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif len(tasks) > 1:
         print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(runs.drop(columns=["error", "monitor", "monitor_mode"]).to_string(index=False))
+        print(runs.drop(columns=["error", "monitor", "monitor_mode", "directions"]).to_string(index=False))
         for metric, summary in sections:
             print(f"\nBy configuration ({metric}):")
             print(summary.to_string(index=False))

@@ -62,7 +62,7 @@ def outputs_dir(overrides: Sequence[str]) -> Path:
     """Where runs are written (``paths.log_dir``), as the configs compose it with the paths overrides given."""
     from hydra import compose, initialize_config_dir
 
-    from petlab.config import register_resolvers
+    from petlab.resolvers import register_resolvers
 
     register_resolvers()
     given = [item for item in overrides if item.lstrip("+").startswith("paths.")]
@@ -154,15 +154,16 @@ def resume_arguments(argv: list[str]) -> list[str]:
 
 # What a checkpoint fixes: hyperparameters of the module (paths into its nested hparams), and data
 # settings that decide the images of each split (a resume on another split would validate on training images).
-FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "name"): "task.name",
-               ("task", "class_names"): "the classes", ("task", "hidden"): "task.hidden",
-               ("task", "monitor"): "task.monitor", ("task", "mode"): "task.mode",
+FIXED_MODEL = {("backbone", "name"): "model.backbone.name", ("task", "class"): "the task's class (task._target_)",
+               ("task", "name"): "task.name", ("task", "target", "class"): "the task.target class",
+               ("task", "target", "name"): "task.target", ("task", "target", "classes"): "the classes",
+               ("task", "hidden"): "task.hidden", ("task", "monitor"): "task.monitor", ("task", "mode"): "task.mode",
                ("image_size",): "data.image_size", ("mean",): "the normalisation mean",
                ("std",): "the normalisation std",
                ("norm_bias_weight_decay",): "model.norm_bias_weight_decay", ("ema",): "model.ema",
                ("pool",): "model.pool",
-               ("task", "decoder_channels"): "task.decoder_channels", ("task", "heads"): "task.heads",
-               ("task", "options"): "task.options (the heads' own settings and classes)"}  # fmt: skip
+               ("task", "decoder_channels"): "task.decoder_channels", ("task", "tasks"): "task.tasks",
+               ("task", "configs"): "task.options (the tasks' own settings and classes)"}  # fmt: skip
 ABSENT = object()  # a setting the checkpoint (an older one) or the config does not have: not compared
 FIXED_DATA = ("layout", "split", "val_fraction", "test_fraction", "folds", "fold", "seed", "crop_margin",
               "progressive_resize")  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -15,21 +14,23 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from petlab.averaging import check_decay
 from petlab.checkpoint import read_checkpoint
-from petlab.cli import user_error
-from petlab.config import NOT_HYPERPARAMETERS, switch, whole_number
+from petlab.checks import switch, whole_number
+from petlab.config import NOT_HYPERPARAMETERS
 from petlab.data.datamodule import PetDataModule
-from petlab.errors import PetlabError, first_line
+from petlab.errors import PetlabError
+from petlab.interpret import Evaluation
 from petlab.module import CHECKPOINT_FORMAT, PetModule
 from petlab.resume import check_resume
 from petlab.tasks import Task
+from petlab.tasks.base import build_task
 from petlab.trainer import (
     build_group,
     build_trainer,
@@ -43,11 +44,14 @@ log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetModule, L.Trainer]:
-    """Instantiate the data module (set up, so the classes are known), the task, the module and the trainer."""
-    datamodule: PetDataModule = instantiate(cfg.data, _convert_="all")
+    """Instantiate the task, the data module reading its targets (set up, so a label's classes are known), the
+    module and the trainer."""
+    task = build_task(cfg.task)
+    with open_dict(cfg):  # callbacks monitor in the direction the task's metric declares (task.mode)
+        cfg.task.mode = task.mode
+    datamodule: PetDataModule = instantiate(cfg.data, targets=task.targets(), _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    task: Task = instantiate(cfg.task, **datamodule.task_arguments(), _convert_="all")
     backbone = OmegaConf.to_container(cfg.model.backbone, resolve=True)
     if resuming:  # a resumed run's weights come from its checkpoint: no download, no weights file
         backbone.update(pretrained=False, weights_path=None)
@@ -118,12 +122,15 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     # and normalisation once the data module knows them.
     if content["petlab"].get("format", 1) < CHECKPOINT_FORMAT:
         raise PetlabError(
-            f"ckpt_path={cfg.ckpt_path} was written by an earlier petlab, before backbones and tasks: it can be "
-            "evaluated, predicted with and exported, but not resumed; start a new run without ckpt_path"
+            f"ckpt_path={cfg.ckpt_path} was written by an earlier petlab (checkpoint format "
+            f"{content['petlab'].get('format', 1)}): it can be evaluated, predicted with and exported, but not "
+            "resumed; start a new run without ckpt_path"
         )
     model = OmegaConf.to_container(cfg.model, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    task = OmegaConf.to_container(cfg.task, resolve=True)
+    # A task's targets and a joint task's tasks are compared once built (their classes come from the data).
+    task = {key: value for key, value in OmegaConf.to_container(cfg.task, resolve=True).items()
+            if key not in ("target", "configs") and value is not None}  # fmt: skip
     check_resume(settings, {**model, "task": task, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
     return settings
 
@@ -141,19 +148,8 @@ def check_optimizer(cfg: DictConfig) -> None:
 
 
 def check_task(cfg: DictConfig) -> None:
-    """Build the task with stand-in classes: it checks its settings (monitor, mode, dropout ...) on creation."""
-    try:
-        task_class = get_class(cfg.task._target_)
-    except (ImportError, ValueError, AttributeError) as error:
-        raise PetlabError(f"task._target_={cfg.task._target_} cannot be imported ({first_line(error)})") from error
-    takes_classes = "class_names" in inspect.signature(task_class).parameters
-    try:
-        instantiate(cfg.task, **({"class_names": ["a", "b"]} if takes_classes else {}), _convert_="all")
-    except InstantiationException as error:
-        raise user_error(error) or PetlabError(
-            f"task={cfg.task.get('name')} does not take these settings ({first_line(error.__cause__ or error)}): "
-            "see conf/task for its keys"
-        ) from error
+    """Build the task: it checks its settings (monitor, mode, dropout ...) on creation, before any data is read."""
+    build_task(cfg.task)
 
 
 def find_learning_rate(
@@ -210,11 +206,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
         metrics["tta"] = model.tta
         if trainer.is_global_zero:
-            model.task.write_evaluation(output_dir, model.test_outputs, datamodule.datasets["test"],
-                                        tensorboard_writer(trainer), step=trainer.global_step)  # fmt: skip
+            evaluation = Evaluation(output_dir, tensorboard_writer(trainer), trainer.global_step,
+                                    output_dir / "tensorboard")  # fmt: skip
+            model.task.write_evaluation(evaluation, model.test_outputs, datamodule.datasets["test"])
     metrics.update({
         "task": cfg.task.name, "model": cfg.model.backbone.name, "seed": cfg.get("seed"),
-        "monitor": model.task.monitor, "monitor_mode": model.task.mode,
+        "monitor": model.task.monitor, "monitor_mode": model.task.mode, "directions": model.task.directions(),
         "best_epoch": model.best_epoch, "epochs": trainer.current_epoch,
         "params_total": params["total"], "params_trainable": params["trainable"],
         **numerics(trainer, model),

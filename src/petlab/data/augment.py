@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from petlab.data import policy as policies
-from petlab.data.boxes import transform_boxes
 from petlab.data.policy import blend, grey
+from petlab.data.targets import Target
 from petlab.errors import PetlabError
 
-# A batch's targets: one tensor (labels, masks or boxes), several by name, or none.
-Targets = torch.Tensor | Mapping[str, torch.Tensor] | None
+# A batch's targets: one tensor, several by key, or none; and the kinds of target they are, alike.
+Values = torch.Tensor | Mapping[str, torch.Tensor] | None
+Kinds = Target | Mapping[str, Target] | None
 
 OPTIONS = ("crop_scale", "hflip", "rotation", "color_jitter", "policy")
 # Options of the label mixing that follows (petlab.data.mixing), which needs the classes first.
@@ -74,6 +75,11 @@ class BatchAugmentation:
             or self.policy is not None
         )  # fmt: skip
 
+    @property
+    def changes_view(self) -> bool:
+        """Whether it shows an image other than the whole of it (a crop, a rotation, a policy's geometry)."""
+        return self.crop_scale != (1.0, 1.0) or self.rotation > 0 or self.policy is not None
+
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
@@ -101,10 +107,12 @@ class BatchAugmentation:
     def _jitter(self, count: int, device: torch.device) -> torch.Tensor:
         return self._uniform(count, 1 - self.color_jitter, 1 + self.color_jitter).view(count, 1, 1, 1).to(device)
 
-    def __call__(self, images: torch.Tensor, targets: Targets = None) -> tuple[torch.Tensor, Targets]:
+    def __call__(
+        self, images: torch.Tensor, targets: Values = None, kinds: Kinds = None
+    ) -> tuple[torch.Tensor, Values]:  # fmt: skip
         """uint8 (N, 3, S, S) images, or floats in [0, 1] -> augmented floats (N, 3, image_size, image_size),
-        with their ``targets`` moved by the same crop, flip and rotation (see :func:`moved`); colour
-        touches the images only."""
+        with their ``targets`` moved by the same crop, flip and rotation as their ``kinds`` say (see
+        :meth:`Target.moved`); colour touches the images only."""
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         theta = self._affine(count)
@@ -115,10 +123,10 @@ class BatchAugmentation:
         grid = sampling_grid(theta, self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if isinstance(targets, Mapping):
-            targets = {name: moved(target, theta, grid) for name, target in targets.items()}
-        elif targets is not None:
-            targets = moved(targets, theta, grid)
+        if isinstance(kinds, Target):
+            targets = kinds.moved(targets, theta, grid)
+        elif kinds is not None:
+            targets = {key: kind.moved(targets[key], theta, grid) for key, kind in kinds.items()}
         pixels = self._colour(pixels)
         return (pixels if drawn is None else policies.photometric(self.policy, pixels, drawn)), targets
 
@@ -130,19 +138,6 @@ class BatchAugmentation:
         pixels = blend(pixels, 0.0, self._jitter(count, device))
         pixels = blend(pixels, grey(pixels).mean(dim=(2, 3), keepdim=True), self._jitter(count, device))
         return blend(pixels, grey(pixels), self._jitter(count, device))
-
-
-def moved(target: torch.Tensor, theta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """A batch's targets after the affine ``theta`` (sampled on ``grid``): labels (N,) as they are; masks
-    (N, S, S) uint8 resampled by nearest neighbour, pixels from outside the image 0, which no task counts;
-    boxes (N, 4) as fractions, the box around their moved corners (see :func:`transform_boxes`)."""
-    if target.ndim == 3:
-        resampled = F.grid_sample(target[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                                  align_corners=False)  # fmt: skip
-        return resampled[:, 0].to(torch.uint8)
-    if target.is_floating_point():
-        return transform_boxes(target, theta)
-    return target
 
 
 def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ memory-mapped file costs microseconds and is shared, through the page cache, by 
 worker and every later run. Images are stored square at ``image_size x (1 + data.crop_margin)``, the
 size every image is first resized to (see ``petlab.data.transforms.ItemTransform``), so random crops
 still have pixels to choose from; an item is then a slice of the store, cropped and augmented on batches.
+Per-pixel targets (masks) are cached the same way beside their images (see ``petlab.data.items``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from rich.progress import track
 
-from petlab.data.transforms import ItemTransform, load_rgb, with_mask
+from petlab.data.transforms import load_rgb
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
 from petlab.pictures import resized_pixels
 
@@ -34,9 +33,10 @@ def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Pa
     return Path(cache_dir) / "images" / f"{digest}-{side}px.npy"
 
 
-def mask_cache_path(image_cache: Path) -> Path:
-    """The trimaps' cache beside the image cache: the same key, so it is invalidated with it."""
-    return image_cache.with_name(f"{image_cache.stem}-trimaps.npy")
+def target_cache_path(image_cache: Path, name: str) -> Path:
+    """The cache of a per-pixel target (see ``Target.per_pixel``) beside the image cache: the same key, so it
+    is invalidated with it."""
+    return image_cache.with_name(f"{image_cache.stem}-{name}.npy")
 
 
 def build_cache(
@@ -67,40 +67,3 @@ def build_cache(
     seconds = time.perf_counter() - started
     write_text_atomic(marker, json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
     return target, seconds
-
-
-class CachedImageDataset(torch.utils.data.Dataset):
-    """Rows ``indices`` of a decoded-image cache as uint8 CHW tensors, transformed, with their targets:
-    the ``targets`` (integer labels, head boxes, or several by name) through ``target_transform`` (see
-    ``ItemTransform.target``), and with a ``masks`` cache the trimap rows, cropped as their images (H, W).
-
-    The memmaps are opened lazily in each process (workers included), never copied into memory.
-    """
-
-    def __init__(
-        self, store: Path, indices: Sequence[int], targets: Sequence[Any], transform: ItemTransform,
-        paths: Sequence[str] = (), masks: Path | None = None, target_transform: Callable[[Any], Any] | None = None,
-    ) -> None:  # fmt: skip
-        self.store, self.indices, self.paths = Path(store), list(indices), list(paths)
-        self.targets = list(targets)
-        self.transform, self.masks, self.target_transform = transform, masks, target_transform
-        self._arrays: tuple[np.ndarray, np.ndarray | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None}  # workers open their own memory maps
-
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, Any]:
-        if self._arrays is None:
-            masks = np.load(self.masks, mmap_mode="r") if self.masks else None
-            self._arrays = np.load(self.store, mmap_mode="r"), masks
-        images, masks = self._arrays
-        row = self.indices[item]
-        pixels = torch.from_numpy(np.array(images[row])).permute(2, 0, 1)  # a copy: writable
-        target = self.targets[item] if self.target_transform is None else self.target_transform(self.targets[item])
-        if masks is None:
-            return self.transform(pixels), target
-        mask = self.transform(torch.from_numpy(np.array(masks[row]))[None])[0]
-        return self.transform(pixels), with_mask(target, mask)

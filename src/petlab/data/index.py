@@ -1,8 +1,8 @@
 """A pandas index of an Oxford-IIIT Pet style dataset: one row per file in ``images/``.
 
 Labels come from file names (the dataset's own rule); ``annotations/list.txt`` is only cross-checked.
-Every image (and its trimap and head box) is opened once while indexing, so unreadable files are found before training,
-never mid-epoch.
+Every image is opened once while indexing, so unreadable files are found before training, never mid-epoch.
+What a target needs of its own annotation files is read by the target (see ``petlab.data.targets``).
 The index is cached outside the dataset directory and rebuilt when any file in it changes.
 """
 
@@ -20,20 +20,16 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
-from petlab.config import whole_number
-from petlab.data.boxes import box_text, head_box_path, read_head_box
+from petlab.checks import whole_number
 from petlab.data.labels import SPECIES, breed_of, species_of
-from petlab.data.masks import trimap_path, trimap_problem
 from petlab.errors import PetlabError
 from petlab.files import remove_stale_partials, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-# trimap: why the image's trimap cannot be used ("" when it can; see petlab.data.masks); box: its head box
-# as fractions of the image ("" when none), box_problem: why there is none or it cannot be used.
 INDEX_COLUMNS = ["path", "name", "species", "breed", "label", "official_split", "width", "height", "mode",
-                 "readable", "problem", "trimap", "box", "box_problem"]  # fmt: skip
-INDEX_VERSION = 5
+                 "readable", "problem"]  # fmt: skip
+INDEX_VERSION = 6
 # PIL's own decompression-bomb limit (it refuses images over twice its MAX_IMAGE_PIXELS); data.max_image_pixels.
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 
@@ -134,8 +130,7 @@ def _row(path: Path, name: str, problem: str, max_pixels: int, **labels: str) ->
         width, height, mode, problem = inspect_image(path, max_pixels)
     row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
     row.update(labels)
-    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem,
-            "trimap": "no trimap", "box": "", "box_problem": "no head box"}  # fmt: skip
+    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem}
 
 
 def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
@@ -154,13 +149,8 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
         listed = annotations.species.get(name)
         if listed is not None and listed != species_of(name):
             log.warning(f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name")
-        row = _row(path, name, "", max_pixels, species=species_of(name), breed=breed,
-                   official_split=annotations.split.get(name, ""))  # fmt: skip
-        if row["readable"]:
-            row["trimap"] = trimap_problem(trimap_path(root, name), row["width"], row["height"])
-            box, row["box_problem"] = read_head_box(head_box_path(root, name), row["width"], row["height"])
-            row["box"] = box_text(box)
-        rows.append(row)
+        rows.append(_row(path, name, "", max_pixels, species=species_of(name), breed=breed,
+                         official_split=annotations.split.get(name, "")))  # fmt: skip
     present = {row["name"] for row in rows}
     missing = sorted(set(annotations.split) - present)
     if missing:
@@ -239,10 +229,8 @@ def build_index(
         raise PetlabError(missing_dataset_message(root) if layout == "pets" else f"no dataset folder at {root}")
     if layout == "pets":
         files = [Path(e.path) for e in os.scandir(images) if e.is_file()]
-        annotations = root / "annotations"
-        fingerprinted = files + (sorted(annotations.glob("*.txt")) if annotations.is_dir() else [])
-        for folder in (annotations / "trimaps", annotations / "xmls"):
-            fingerprinted += [Path(e.path) for e in os.scandir(folder) if e.is_file()] if folder.is_dir() else []
+        # Every annotation file: the targets' annotations are cached with the index's fingerprint.
+        fingerprinted = files + [path for path in (root / "annotations").rglob("*") if path.is_file()]
     else:
         files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
         fingerprinted = files

@@ -1,22 +1,26 @@
-"""MixUp and CutMix of classification batches on the training device, with soft targets.
+"""MixUp and CutMix of batches on the training device, their targets mixed as their kind says.
 
 A batch is mixed with itself in reverse order, with one mixing weight per batch drawn from
 Beta(alpha, alpha) (timm's batch mode): MixUp blends whole images, CutMix pastes a box of the partner
-image whose area is the partner's share. The targets become class probabilities in the same proportions,
-which cross-entropy takes as they are. The draws come from the batch augmentation's generator, so resume
-stays exact (torchvision's MixUp and CutMix draw from torch's global generator, which dropout shares).
+image whose area is the partner's share. The targets are mixed in the same proportions by their kind (see
+``Target.mixed``): labels become class probabilities, which cross-entropy takes as they are. The draws
+come from the batch augmentation's generator, so resume stays exact (torchvision's MixUp and CutMix draw
+from torch's global generator, which dropout shares).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from petlab.data.targets import Target
 from petlab.errors import PetlabError
 
 
-class LabelMixing:
+class BatchMixing:
     """MixUp with ``Beta(mixup, mixup)`` weights and CutMix with ``Beta(cutmix, cutmix)`` areas (0: off);
     when both are on, a batch gets CutMix with probability ``switch``."""
 
@@ -39,9 +43,11 @@ class LabelMixing:
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         return float(np.random.default_rng(seed).beta(alpha, alpha))
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (N, 3, S, S), uint8 or floats in [0, 1], and class indices (N,) of ``classes`` -> mixed float
-        images and (N, classes) probabilities that sum to one."""
+    def __call__(
+        self, images: torch.Tensor, targets: Any, kinds: Target | Mapping[str, Target]
+    ) -> tuple[torch.Tensor, Any]:  # fmt: skip
+        """Images (N, 3, S, S), uint8 or floats in [0, 1], and their targets (one tensor, or several by key, of
+        ``kinds``) -> mixed float images and targets (labels: (N, classes) probabilities that sum to one)."""
         pixels = images.float().div(255) if images.dtype == torch.uint8 else images.clone()
         switched = self.mixup == 0 or float(torch.rand(1, generator=self.generator)) < self.switch
         use_cutmix = self.cutmix > 0 and switched
@@ -51,8 +57,9 @@ class LabelMixing:
             weight = self._paste(pixels, partner, weight)
         else:
             pixels = pixels.mul_(weight).add_(partner, alpha=1 - weight)
-        one_hot = F.one_hot(labels.long(), classes).float()
-        return pixels, one_hot * weight + one_hot.flip(0) * (1 - weight)
+        if isinstance(kinds, Target):
+            return pixels, kinds.mixed(targets, weight)
+        return pixels, {key: kind.mixed(targets[key], weight) for key, kind in kinds.items()}
 
     def _paste(self, pixels: torch.Tensor, partner: torch.Tensor, weight: float) -> float:
         """Paste a box of ``1 - weight`` of the area from ``partner`` (clipped at the borders); return the

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from petlab.data.boxes import centre_crop_affine, transform_boxes
-from petlab.data.masks import MASKS, trimap_at
 from petlab.errors import PetlabError
 from petlab.pictures import open_rgb, resized_pixels
 
@@ -58,44 +53,3 @@ class ItemTransform:
             return image
         start = (self.side - self.crop) // 2
         return image[:, start : start + self.crop, start : start + self.crop]
-
-    def target(self, target: Any) -> Any:
-        """An image's target as its transformed image sees it: a label as it is; a head box (four fractions
-        of the whole image, NaN for none) as fractions of the crop (see :func:`transform_boxes`); several
-        targets by name, each so."""
-        if isinstance(target, Mapping):
-            return {name: self.target(value) for name, value in target.items()}
-        if isinstance(target, int | np.integer):
-            return int(target)
-        box = torch.tensor(target, dtype=torch.float32)[None]
-        return (box if self.crop is None else transform_boxes(box, centre_crop_affine(self.side, self.crop)))[0]
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Images from paths, loaded as RGB and transformed, with their ``targets`` (integer labels, head boxes
-    as four fractions, or several by name) through ``target_transform`` (``ItemTransform.target`` moves
-    boxes with the crop) and, given ``mask_paths``, their trimaps resized (nearest) and cropped as the
-    images, (H, W) uint8."""
-
-    def __init__(
-        self, paths: Sequence[str], targets: Sequence[Any], transform: Callable[[Any], torch.Tensor],
-        mask_paths: Sequence[str] | None = None, target_transform: Callable[[Any], Any] | None = None,
-    ) -> None:  # fmt: skip
-        self.paths, self.targets = list(paths), list(targets)
-        self.transform, self.mask_paths, self.target_transform = transform, mask_paths, target_transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, Any]:
-        image = self.transform(load_rgb(self.paths[item]))
-        target = self.targets[item] if self.target_transform is None else self.target_transform(self.targets[item])
-        if self.mask_paths is None:
-            return image, target
-        mask = self.transform(torch.from_numpy(trimap_at(self.mask_paths[item], self.transform.side))[None])[0]
-        return image, with_mask(target, mask)
-
-
-def with_mask(target: Any, mask: torch.Tensor) -> Any:
-    """An item's target once its trimap is read: the mask itself, or added to several targets by name."""
-    return {**target, MASKS: mask} if isinstance(target, Mapping) else mask

@@ -12,6 +12,7 @@ from skimage import filters, img_as_ubyte
 from skimage.transform import rotate
 from skimage.util import random_noise
 
+from petlab.data.targets import Target
 from petlab.data.transforms import ItemTransform, load_rgb
 
 UPSAMPLING = ("none", "synthetic", "weighted")
@@ -27,9 +28,9 @@ MANIPULATIONS: tuple[Manipulation, ...] = (
 )
 
 
-def shortfall(targets: pd.Series) -> dict[int, int]:
+def shortfall(labels: pd.Series) -> dict[int, int]:
     """How many images each class lacks to match the largest class."""
-    counts = targets.value_counts()
+    counts = labels.value_counts()
     return {int(label): int(counts.max() - count) for label, count in counts.items() if count < counts.max()}
 
 
@@ -40,12 +41,13 @@ class SyntheticMinority(torch.utils.data.Dataset):
     that seed. Nothing is written to disk; images are shrunk to ``2 x image_size`` first to keep it cheap.
     """
 
-    def __init__(self, train: pd.DataFrame, seed: int, image_size: int, transform: ItemTransform) -> None:
-        self.seed, self.max_side, self.transform = seed, 2 * image_size, transform
+    def __init__(self, paths: pd.Series, labels: pd.Series, target: Target, seed: int, image_size: int,
+                 transform: ItemTransform) -> None:  # fmt: skip
+        """``paths`` and ``labels`` (class indices of the label ``target``) of the training images."""
+        self.seed, self.max_side, self.transform, self.target = seed, 2 * image_size, transform, target
         self.sources: list[tuple[Sequence[str], int]] = []
-        for target, missing in sorted(shortfall(train["target"]).items()):
-            paths = train.loc[train["target"] == target, "path"].tolist()
-            self.sources += [(paths, target)] * missing
+        for label, missing in sorted(shortfall(labels).items()):
+            self.sources += [(paths[labels == label].tolist(), label)] * missing
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -61,5 +63,5 @@ class SyntheticMinority(torch.utils.data.Dataset):
             pixels = MANIPULATIONS[index](pixels, rng)
         return Image.fromarray(img_as_ubyte(np.clip(pixels, 0, 1)))
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.image(item)), self.sources[item][1]
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.image(item)), self.target.tensor(self.sources[item][1])

@@ -1,29 +1,36 @@
-"""What a task is to petlab: the one interface that every kind of target implements.
+"""What a task is to petlab: the one interface that every task implements.
 
-A task says which target it reads for an image, builds its head on a backbone, computes its loss and
-per-stage torchmetrics, names the metric to monitor, writes its evaluation files, and describes its
-predictions and its exported output. The LightningModule, the entry points and the configs only talk to
-this interface, so a new task on targets the data module already reads (a label column) is one module
-in ``petlab/tasks/`` and one config in ``conf/task/``; a new kind of target also needs the data module to
-read it.
+A task says which targets it reads (see :class:`petlab.data.targets.Target`), builds its head on a
+backbone, computes its loss and per-stage torchmetrics with each metric's direction, names the metric to
+monitor, writes its evaluation files, answers new images and says how its answers look (in
+``petlab.predict``'s table, on the web page and in an exported page). The LightningModule, the entry points,
+the page, export, bench, sweeps and reports only talk to this interface, so a new task is a class and a
+config file, in petlab or in a package of the user's own (see the README, "Add a task").
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 from torchmetrics import Metric
 
-from petlab.errors import PetlabError
+from petlab.answers import Answerer
+from petlab.data.targets import Target, class_path
+from petlab.errors import PetlabError, first_line, user_error
+from petlab.interpret import Evaluation
 from petlab.models import Backbone
 
 MODES = ("max", "min")
-# What a task's head returns: one tensor, or for several tasks trained jointly one per head, by name.
+# What a task's head returns: one tensor, or for several tasks trained jointly one per task, by name.
 Outputs = torch.Tensor | dict[str, torch.Tensor]
 
 
@@ -41,27 +48,51 @@ def mean_probabilities(outputs: torch.Tensor, others: torch.Tensor) -> torch.Ten
 
 
 class Task(ABC):
-    """A kind of target. ``name`` is the configuration's name (``species``); ``monitor`` the validation
-    metric that selects checkpoints, stops early and ranks sweeps, better when higher (``mode=max``) or
-    lower (``min``)."""
+    """A task named ``name`` (the configuration's name, ``species``); ``monitor`` is the validation metric
+    that selects checkpoints, stops early and ranks sweeps, and ``mode`` its direction, which each metric
+    declares (:attr:`metric_modes`): given, it must agree."""
 
-    kind: ClassVar[str]
-    metric_names: ClassVar[tuple[str, ...]]  # what metrics() returns for validation, besides "loss"
-    # A spatial task answers where things are (every pixel's class, a box): petlab.predict shows it the
-    # whole image at the validation scale (not the centre crop, which could cut off what it looks for),
-    # and writes pictures per image (write_prediction) to an output folder.
+    #: The metrics that :meth:`metrics` returns besides the loss, and whether each is better higher (max) or
+    #: lower (min); the loss is always better lower. Those in :attr:`test_only` are measured on the test
+    #: split only; the others at every stage, and any of them can be monitored.
+    metric_modes: ClassVar[dict[str, str]]
+    test_only: ClassVar[tuple[str, ...]] = ()
+    #: A spatial task answers where things are (every pixel's class, a box): petlab.predict shows it the
+    #: whole image at the validation scale (not the centre crop, which could cut off what it looks for).
     spatial: ClassVar[bool] = False
 
-    def __init__(self, name: str, monitor: str, mode: str) -> None:
-        stage, _, metric = monitor.partition("/")
-        if stage != "val" or metric not in (*self.metric_names, "loss"):
-            valid = ", ".join(f"val/{name}" for name in (*self.metric_names, "loss"))
+    def __init__(self, name: str, monitor: str, mode: str | None = None) -> None:
+        modes = {**{name: mode for name, mode in self.metric_modes.items() if name not in self.test_only},
+                 "loss": "min"}  # fmt: skip
+        stage, _, metric = str(monitor).partition("/")
+        if stage != "val" or metric not in modes:
+            valid = ", ".join(f"val/{metric}" for metric in modes)
             raise PetlabError(f"task.monitor={monitor} is not a metric of task={name}: choose {valid}")
-        if mode not in MODES:
-            raise PetlabError(f"task.mode={mode} must be max or min")
-        if metric == "loss" and mode == "max":
-            raise PetlabError(f"task.monitor={monitor} is better when lower: set task.mode=min (or leave it out)")
-        self.name, self.monitor, self.mode = name, monitor, mode
+        declared = modes[metric]
+        if mode is not None and mode not in MODES:
+            raise PetlabError(f"task.mode={mode} must be max or min (or left out: {monitor} says {declared})")
+        if mode is not None and mode != declared:
+            better = "higher" if declared == "max" else "lower"
+            raise PetlabError(f"task.mode={mode}, but {monitor} is better {better}: leave task.mode out "
+                              f"(or set task.mode={declared})")  # fmt: skip
+        self.name, self.monitor, self.mode = name, monitor, declared
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics measured at every stage (shown on the progress bar)."""
+        return tuple(name for name in self.metric_modes if name not in self.test_only)
+
+    def directions(self) -> dict[str, str]:
+        """Every metric the task logs (``val/acc``, ``test/f1_macro``) and whether it is better higher (max) or
+        lower (min): what reports rank by, never guessed from a name."""
+        modes = {**self.metric_modes, "loss": "min"}
+        return {f"{stage}/{name}": mode for stage in ("train", "val", "test") for name, mode in modes.items()
+                if stage == "test" or name not in self.test_only}  # fmt: skip
+
+    @property
+    def question(self) -> str:
+        """What the task answers, as the page's title puts it ("which breed?")."""
+        return self.name
 
     @property
     def best_metric(self) -> str:
@@ -69,18 +100,15 @@ class Task(ABC):
         return f"{self.monitor}_best"
 
     def spec(self) -> dict[str, Any]:
-        """Plain values that rebuild this task (saved in checkpoints): see :func:`petlab.tasks.task_from_spec`."""
-        return {"kind": self.kind, "name": self.name, "monitor": self.monitor, "mode": self.mode}
+        """Plain values that rebuild this task, with its class (saved in checkpoints; targets and other tasks
+        inside as their own specs): see :func:`from_spec`."""
+        return {"class": class_path(type(self)), "name": self.name, "monitor": self.monitor, "mode": self.mode}
 
-    def data_options(self) -> dict[str, Any]:
-        """What the data module must be given to read this task's targets (see ``conf/data``)."""
-        return {}
+    @abstractmethod
+    def targets(self) -> Target | dict[str, Target]:
+        """What the data module reads for this task: one target, or several by key."""
 
-    def label_classes(self) -> dict[str, list[str]]:
-        """The classes this task knows for each label target it reads (none for masks and boxes)."""
-        return {}
-
-    def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
+    def encode_targets(self, targets: Any) -> Any:
         """The batch's targets as the loss and the metrics take them (the data's own by default)."""
         return targets
 
@@ -94,44 +122,118 @@ class Task(ABC):
         horizontal mirrors (mapped back to the unmirrored image first), in the same form."""
 
     @abstractmethod
-    def head(self, backbone: Backbone) -> nn.Module:
+    def build_head(self, backbone: Backbone) -> nn.Module:
         """The task's layers on ``backbone``; called as ``head(feature_maps, pooled, image_size)`` with the
         stage feature maps, the pooled vector and the input's (height, width)."""
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: Outputs, targets: Any) -> torch.Tensor:
         """The training loss of fp32 ``outputs`` against ``targets``."""
 
     @abstractmethod
     def metrics(self, stage: str) -> dict[str, Metric]:
-        """Fresh torchmetrics for ``stage`` (train, val, test), keyed by name, updated with (outputs, targets)."""
+        """Fresh torchmetrics for ``stage`` (train, val, test), keyed by name, updated with (outputs, targets):
+        those of :attr:`metric_modes`, the :attr:`test_only` ones for the test stage only."""
 
     @abstractmethod
-    def kept_for_evaluation(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def kept_for_evaluation(self, outputs: Outputs, targets: Any) -> dict[str, torch.Tensor]:
         """What of a test batch the evaluation files need, per image along dimension 0."""
 
     @abstractmethod
-    def write_evaluation(
-        self, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None, step: int
-    ) -> None:  # fmt: skip
-        """Write the evaluation files (and figures to a TensorBoard writer) from the kept test outputs;
-        ``dataset`` is the evaluated split (``dataset.paths``, ``dataset[i]`` = (image, target))."""
+    def write_evaluation(self, evaluation: Evaluation, kept: dict[str, torch.Tensor], dataset: Any) -> None:
+        """Write the evaluation files and figures (see :class:`petlab.interpret.Evaluation`) from the kept test
+        outputs; ``dataset`` is the evaluated split (``dataset.paths``, ``dataset[i]`` = (image, target))."""
+
+    # Answers for new images: computed with numpy from the network's outputs, so that petlab.predict, the
+    # page and an exported page (which has no torch) give the same answers from the same code.
 
     @abstractmethod
-    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
-        """One JSON-ready answer per image of a batch of fp32 outputs (``images`` the original PIL images,
-        for answers measured at their own size)."""
-
-    def write_prediction(self, outputs: Outputs, image: Any, output_dir: Path, stem: str) -> dict[str, Any]:
-        """Files for one predicted image (``outputs`` its fp32 outputs, ``image`` the original PIL image);
-        returns their paths by name, added to the image's answer (a dict value is merged into the answer's
-        entry of that name). Nothing by default: ``output_dir`` is not created."""
-        return {}
-
-    @abstractmethod
-    def prediction_table(self, results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-        """Headers and rows of the table ``petlab.predict`` prints for ``results`` (with their ``image``)."""
+    def answerer(self) -> Answerer:
+        """What turns the network's outputs for an image into the task's answer (see
+        :class:`petlab.answers.Answerer`)."""
 
     @abstractmethod
     def export_spec(self) -> dict[str, Any]:
-        """What an exported model outputs, for its JSON sidecar (``output`` describes the tensor)."""
+        """What an exported model outputs, for its JSON sidecar: ``output`` describes each output in words and
+        ``output_names`` names them in order."""
+
+
+def target_of(task: str, value: Any, kind: type[Target], default: str | None = None) -> Target:
+    """The target a task's ``task.target`` gives: a ``kind`` object (a config's ``_target_``, a checkpoint's
+    spec), or a name: any for a label column (``default`` None), else the kind's usual name."""
+    if isinstance(value, Target):
+        if not isinstance(value, kind):
+            raise PetlabError(f"task.target: task={task} learns {kind.what}, and {type(value).__name__} gives "
+                              f"{value.what}: give a {kind.__name__} (or a subclass of it)")  # fmt: skip
+        return value
+    if isinstance(value, str) and value and (default is None or value == default):
+        return kind(value)
+    raise PetlabError(f"task.target={value}: task={task} reads {kind.what} (task.target={default}), or a "
+                      f"{kind.__name__} class of your own given with _target_")  # fmt: skip
+
+
+def trusted_class(path: str, trusted: Sequence[str] = ()) -> type[Task] | type[Target]:
+    """The task or target class ``module.Name`` that a checkpoint names, imported only from petlab or from the
+    packages in ``trusted`` (what the user configured): a checkpoint from elsewhere cannot make petlab import
+    a module of its choosing."""
+    module_name, _, name = str(path).rpartition(".")
+    package = module_name.split(".")[0]
+    if package != "petlab" and package not in trusted:
+        raise PetlabError(
+            f"this checkpoint was trained with {path}, from the package {package}, which is not petlab's: if you "
+            f"trust it, add plugins=[{package}] (petlab imports no code a checkpoint names unless told to)"
+        )
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise PetlabError(f"{path}, which this checkpoint was trained with, cannot be imported ({error}): "
+                          f"install the package {package}, or put it on PYTHONPATH") from error  # fmt: skip
+    if not (isinstance(found, type) and issubclass(found, (Task, Target))):
+        raise PetlabError(f"{path} is not a petlab task or target: this checkpoint cannot be used")
+    return found
+
+
+def from_spec(spec: Mapping[str, Any], trusted: Sequence[str] = ()) -> Any:
+    """The task (or target) a spec describes (see :meth:`Task.spec`), with the tasks and targets inside it."""
+    if not isinstance(spec, Mapping) or "class" not in spec:
+        raise PetlabError(f"not a task or target spec: {spec!r}")
+    cls = trusted_class(spec["class"], trusted)
+    arguments = {key: built(value, trusted) for key, value in spec.items() if key != "class"}
+    return cls(**arguments)
+
+
+def built(value: Any, trusted: Sequence[str]) -> Any:
+    if isinstance(value, Mapping) and "class" in value:
+        return from_spec(value, trusted)
+    if isinstance(value, Mapping):
+        return {key: built(item, trusted) for key, item in value.items()}
+    return value
+
+
+def build_task(config: Any) -> Task:
+    """The task that ``config`` (a run's ``task``: its ``_target_`` and settings) describes. A class that
+    cannot be imported, a missing key or a setting the task refuses is a one-line PetlabError."""
+    try:
+        config = OmegaConf.to_container(config, resolve=True, throw_on_missing=True) if isinstance(
+            config, DictConfig) else dict(config)  # fmt: skip
+    except MissingMandatoryValue as error:
+        raise PetlabError(f"task.{error.full_key.removeprefix('task.')} is required: set it in the task's config "
+                          "or on the command line") from error  # fmt: skip
+    name, target = config.get("name", "?"), config.get("_target_")
+    if not target:
+        raise PetlabError(f"task={name} has no _target_: choose a task of conf/task, or name your task's class "
+                          "with task._target_=package.module.Class")  # fmt: skip
+    try:
+        task_class = get_class(target)
+    except (ImportError, ValueError, AttributeError) as error:
+        raise PetlabError(f"task._target_={target} cannot be imported ({first_line(error)}): install its package "
+                          "or put it on PYTHONPATH") from error  # fmt: skip
+    if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+        raise PetlabError(f"task._target_={target} is not a petlab task (a subclass of petlab.tasks.Task)")
+    try:
+        return instantiate(config, _convert_="all")
+    except InstantiationException as error:
+        raise user_error(error) or PetlabError(
+            f"task={name} does not take these settings ({first_line(error.__cause__ or error)}): see its config in "
+            "conf/task for its keys"
+        ) from error

@@ -1,9 +1,11 @@
-"""Segmentation: the class of every pixel, from the release's trimaps (the notebook's fourth task).
+"""Segmentation: the class of every pixel, from a per-pixel target (the release's trimaps; the notebook's
+fourth task).
 
 ``classes=foreground``: pet vs background, the trimap's border band ignored by the loss and the metrics
 (as torchvision's segmentation reference does with its ignore index); ``classes=trimap``: pet,
 background and border. Pixels that the augmentation brings in from outside the image are ignored too.
-The head is a feature pyramid (``torchvision.ops.FeaturePyramidNetwork``) on the backbone's stages.
+The head is a feature pyramid (``torchvision.ops.FeaturePyramidNetwork``) on the backbone's stages. Its
+evaluation: per-class and per-image IoU, overlays of the true and predicted masks, an IoU histogram.
 """
 
 from __future__ import annotations
@@ -11,23 +13,28 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from matplotlib.figure import Figure
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex
 from torchvision.ops import FeaturePyramidNetwork
 
-from petlab.config import real_number, whole_number
-from petlab.data.masks import BACKGROUND, BORDER, OUTSIDE, PET
+from petlab.answers.segmentation import PetArea
+from petlab.checks import real_number, whole_number
+from petlab.data.report import markdown_table
+from petlab.data.targets import Mask
+from petlab.data.targets.mask import BACKGROUND, BORDER, OUTSIDE, PET
 from petlab.errors import PetlabError
+from petlab.interpret import Evaluation, histogram
 from petlab.models import Backbone, Stage
 from petlab.pictures import overlay
-from petlab.tasks.base import Task, mean_probabilities
+from petlab.tasks.base import Task, mean_probabilities, target_of
 
 IGNORE = 255  # the target of pixels no loss or metric counts
 # Per choice of task.classes: the class names, and the class of each raw trimap value (0 outside, 1-3).
@@ -71,39 +78,37 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class Segmentation(Task):
-    """Per-pixel logits (N, classes, H, W) for the trimaps; cross-entropy x ``ce_weight`` + Dice x
-    ``dice_weight``; mean IoU, Dice and pixel accuracy over the pixels that count."""
+    """Per-pixel logits (N, classes, H, W) for the trimaps (a :class:`Mask`); cross-entropy x ``ce_weight``
+    + Dice x ``dice_weight``; mean IoU, Dice and pixel accuracy over the pixels that count."""
 
-    kind = "segmentation"
-    metric_names = ("miou", "dice", "pixel_acc")
+    metric_modes: ClassVar[dict[str, str]] = {"miou": "max", "dice": "max", "pixel_acc": "max"}
     spatial = True
 
     def __init__(
-        self, name: str, target: str = "trimap", classes: str = "foreground", decoder_channels: int = 128,
-        ce_weight: float = 1.0, dice_weight: float = 1.0, monitor: str = "val/miou", mode: str = "max",
+        self, name: str, target: str | Mask = "trimap", classes: str = "foreground", decoder_channels: int = 128,
+        ce_weight: float = 1.0, dice_weight: float = 1.0, monitor: str = "val/miou", mode: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(name, monitor, mode)
         if classes not in CLASSES:
             raise PetlabError(f"task.classes={classes} is not known: choose {' or '.join(CLASSES)}")
-        if target != "trimap":
-            raise PetlabError(f"task.target={target}: segmentation reads the trimaps, task.target=trimap")
+        self.target: Mask = target_of(name, target, Mask, "trimap")  # type: ignore[assignment]
         decoder_channels = whole_number("task.decoder_channels", decoder_channels, 1)
         ce_weight = real_number("task.ce_weight", ce_weight, 0)
         dice_weight = real_number("task.dice_weight", dice_weight, 0)
         if ce_weight + dice_weight == 0:
             raise PetlabError("task.ce_weight and task.dice_weight are both 0: give at least one a weight > 0")
-        self.target, self.classes, self.decoder_channels = target, classes, decoder_channels
+        self.classes, self.decoder_channels = classes, decoder_channels
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.class_names, mapping = CLASSES[classes]
         self.lookup = torch.tensor([mapping[value] for value in range(4)], dtype=torch.long)
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "target": self.target, "classes": self.classes,
+        return {**super().spec(), "target": self.target.spec(), "classes": self.classes,
                 "decoder_channels": self.decoder_channels, "ce_weight": self.ce_weight,
                 "dice_weight": self.dice_weight}  # fmt: skip
 
-    def data_options(self) -> dict[str, Any]:
-        return {"target": self.target}
+    def targets(self) -> Mask:
+        return self.target
 
     def encode_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Raw trimap values (N, H, W) -> class indices, IGNORE where no class counts."""
@@ -112,7 +117,7 @@ class Segmentation(Task):
     def merged_with_mirror(self, outputs: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
         return mean_probabilities(outputs, mirrored.flip(-1))
 
-    def head(self, backbone: Backbone) -> nn.Module:
+    def build_head(self, backbone: Backbone) -> nn.Module:
         return SegmentationHead(backbone.stages, len(self.class_names), self.decoder_channels)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -140,42 +145,18 @@ class Segmentation(Task):
             "confusion": confusions(predictions, targets, len(self.class_names)),
         }
 
-    def write_evaluation(
-        self, output_dir: Path, kept: dict[str, torch.Tensor], dataset: Any, experiment: Any | None, step: int
-    ) -> None:  # fmt: skip
-        from petlab.interpret import write_segmentation_evaluation
+    def write_evaluation(self, evaluation: Evaluation, kept: dict[str, torch.Tensor], dataset: Any) -> None:
+        write_segmentation_evaluation(self, evaluation, kept, dataset)
 
-        write_segmentation_evaluation(self, output_dir, kept, dataset, experiment, step)
+    @property
+    def question(self) -> str:
+        return "where is the pet?"
 
-    def full_size_classes(self, outputs: torch.Tensor, image: Image.Image) -> np.ndarray:
-        """The class of every pixel of the original ``image`` from its fp32 logits (classes, h, w)."""
-        logits = F.interpolate(outputs[None].float(), size=(image.height, image.width), mode="bilinear")
-        return logits[0].argmax(dim=0).numpy()
-
-    def predictions(self, outputs: torch.Tensor, images: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
-        pet = self.class_names.index("pet")
-        pairs = zip(outputs, images, strict=True)
-        return [{"pet_fraction": round(float((self.full_size_classes(row, image) == pet).mean()), 4)}
-                for row, image in pairs]  # fmt: skip
-
-    def write_prediction(
-        self, outputs: torch.Tensor, image: Image.Image, output_dir: Path, stem: str
-    ) -> dict[str, str]:
-        """The mask PNG (the release's values: 1 pet, 2 background, 3 border) at the image's own size,
-        and the image with the pet overlaid; returns their paths."""
-        classes = self.full_size_classes(outputs, image)
-        values = np.array([TRIMAP_VALUE[name] for name in self.class_names], dtype=np.uint8)[classes]
-        mask_path, overlay_path = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
-        Image.fromarray(values, mode="L").save(mask_path)
-        overlay(np.asarray(image.convert("RGB")), classes, self.class_names).save(overlay_path)
-        return {"mask": str(mask_path), "overlay": str(overlay_path)}
-
-    def prediction_table(self, results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-        rows = [[r["image"], f"{r['pet_fraction']:.1%}", r.get("mask", "")] for r in results]
-        return ["image", "pet area", "mask"], rows
+    def answerer(self) -> PetArea:
+        return PetArea(self.class_names, {name: TRIMAP_VALUE[name] for name in self.class_names})
 
     def export_spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "class_names": self.class_names,
+        return {"class_names": self.class_names,
                 "output": "per-pixel logits, shape (N, classes, H, W): resize them to the image's size",
                 "output_names": ["logits"],
                 "trimap_values": {name: TRIMAP_VALUE[name] for name in self.class_names}}  # fmt: skip
@@ -188,3 +169,80 @@ def confusions(predictions: torch.Tensor, targets: torch.Tensor, classes: int) -
     offsets = torch.arange(len(codes), device=codes.device).view(-1, 1, 1) * (classes * classes + 1)
     counts = torch.bincount((codes + offsets).flatten(), minlength=len(codes) * (classes * classes + 1))
     return counts.view(len(codes), -1)[:, : classes * classes].view(-1, classes, classes)
+
+
+def iou_table(confusion_counts: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """IoU, Dice and pixel accuracy (recall) of every class from (true, predicted) pixel counts."""
+    hits = np.diag(confusion_counts).astype(float)
+    support, claimed = confusion_counts.sum(axis=1), confusion_counts.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = hits / (support + claimed - hits)
+        dice = 2 * hits / (support + claimed)
+        recall = hits / support
+    table = {"class": class_names, "pixels": support, "iou": iou, "dice": dice, "pixel_accuracy": recall}
+    return pd.DataFrame(table).round(4)
+
+
+def image_ious(confusion_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (N, C, C) -> (N,): the mean IoU over the classes it has or is predicted to have, and each
+    class's IoU (N, C; NaN where the class is neither in the image nor predicted)."""
+    counts = confusion_counts.double()
+    hits = counts.diagonal(dim1=1, dim2=2)
+    union = counts.sum(dim=2) + counts.sum(dim=1) - hits
+    present = union > 0
+    iou = torch.where(present, hits / union.clamp_min(1), 0.0)
+    counted = counts.sum(dim=(1, 2)) > 0  # an image without a counted pixel (no trimap) has no IoU
+    mean = torch.where(counted, iou.sum(dim=1) / present.sum(dim=1).clamp_min(1), torch.nan)
+    return mean, torch.where(present, iou, torch.nan)
+
+
+def mask_grid(task: Any, dataset: Any, predictions: torch.Tensor, ious: torch.Tensor, indices: Sequence[int],
+              title: str) -> Figure:  # fmt: skip
+    """One row per image: the image, the true mask and the predicted mask, overlaid (ignored pixels grey)."""
+    figure = Figure(figsize=(7.5, 2.6 * max(1, len(indices))))
+    axes_rows = figure.subplots(max(1, len(indices)), 3, squeeze=False)
+    for row, index in zip(axes_rows, indices, strict=False):
+        image, raw = dataset[index]
+        pixels = image.permute(1, 2, 0).numpy()
+        truth = task.encode_targets(raw).numpy()
+        shown_truth = np.asarray(overlay(pixels, truth, task.class_names))
+        shown_truth = np.where((truth == IGNORE)[..., None], 128, shown_truth).astype(np.uint8)
+        panels = (pixels, shown_truth, np.asarray(overlay(pixels, predictions[index].numpy(), task.class_names)))
+        labels = (Path(dataset.paths[index]).name, "true", f"predicted (IoU {float(ious[index]):.2f})")
+        for axes, panel, label in zip(row, panels, labels, strict=True):
+            axes.imshow(panel)
+            axes.set_title(label, fontsize=8)
+            axes.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def write_segmentation_evaluation(
+    task: Segmentation, evaluation: Evaluation, kept: dict[str, torch.Tensor], dataset: Any, count: int = 6,
+    seed: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """Per-class IoU table, image / true / predicted overlays (random and worst IoU), a histogram of the
+    images' IoU and the learning curves; returns the table."""
+    predictions, confusion_counts = kept["predictions"], kept["confusion"]
+    table = iou_table(confusion_counts.sum(dim=0).numpy(), task.class_names)
+    evaluation.table("per_class_iou.csv", table, index=False)
+    ious, class_ious = image_ious(confusion_counts)
+    names = [Path(p).name for p in dataset.paths[: len(ious)]]
+    pet_iou = class_ious[:, task.class_names.index("pet")].numpy().round(4)
+    per_image = pd.DataFrame({"image": names, "iou": ious.numpy().round(4), "pet_iou": pet_iou})
+    evaluation.table("per_image_iou.csv", per_image, index=False)
+    counted = ious.isfinite().nonzero().flatten()
+    worst = counted[ious[counted].argsort()[:count]].tolist()
+    chosen = np.random.default_rng(seed).choice(len(counted), size=min(count, len(counted)), replace=False)
+    figures = {
+        "sample_predictions": mask_grid(task, dataset, predictions, ious, counted[chosen].tolist(),
+                                        "Sample predictions (test)"),
+        "worst_iou": mask_grid(task, dataset, predictions, ious, worst, "Lowest IoU (test)"),
+        "iou_histogram": histogram(ious[counted], "mean IoU of the image", "Test images by IoU"),
+    }  # fmt: skip
+    evaluation.save_figures(figures, "miou")
+    for name, iou in zip(table["class"], table["iou"], strict=True):
+        evaluation.scalar(f"test/iou_per_class/{name}", iou)
+    evaluation.text("evaluation/per_class_iou", markdown_table(table.set_index("class")))
+    return table

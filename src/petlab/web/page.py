@@ -2,10 +2,10 @@
 
 ``python -m petlab.app`` serves it for a checkpoint; ``petlab.export format=space`` copies this file into
 the exported folder, whose ``app.py`` serves it for the ONNX model without petlab. Both give it a function
-from image files to answers in ``petlab.predict``'s JSON form, one per file: ``{"image", "top": [{"class",
-"probability"}...]}`` (classification), ``{"image", "pet_fraction", "overlay"}`` (segmentation),
-``{"image", "box", "drawn"}`` (head box), ``{"image", HEAD: {...}...}`` (one answer per head of a joint
-model) or ``{"image", "error"}``. Keep it free of petlab imports.
+from image files to what to show of each, one per file: ``{"image", "error"}``, or ``{"image", "views":
+[...]}`` with the views the task's answerer gives (``Answerer.views``: per task, the answer in words, its
+details, the pictures that show it and its class probabilities). It knows no task. Keep it free of petlab
+imports.
 """
 
 from __future__ import annotations
@@ -22,50 +22,27 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-Answer = dict[str, Any]
-TABLE_HEADERS = ["image", "head", "answer", "details"]
-PICTURE_KEYS = ("overlay", "drawn")  # the files a segmentation or head answer is drawn in
+Result = dict[str, Any]
+TABLE_HEADERS = ["image", "task", "answer", "details"]
 
 
-def heads(result: Answer) -> dict[str, Answer]:
-    """A result's answers by head: ``{"": answer}`` for a single-task model."""
-    fields = {key: value for key, value in result.items() if key != "image"}
-    if {"top", "pet_fraction", "box"} & fields.keys():
-        return {"": fields}
-    return fields
-
-
-def summary(answer: Answer) -> tuple[str, str]:
-    """One head's answer in words: the answer and its details."""
-    if "top" in answer:
-        best, *rest = answer["top"]
-        details = ", ".join(f"{other['class']} {other['probability']:.1%}" for other in rest)
-        return f"{best['class']} {best['probability']:.1%}", details
-    if "pet_fraction" in answer:
-        return f"pet: {answer['pet_fraction']:.1%} of the image", "tinted in the picture"
-    x0, y0, x1, y1 = answer["box"]
-    return f"head at ({x0:g}, {y0:g})-({x1:g}, {y1:g}) px", "red box in the picture"
-
-
-def shown(results: Sequence[Answer]) -> tuple[dict[str, float] | None, list[tuple[str, str]], list[list[str]], str]:
+def shown(results: Sequence[Result]) -> tuple[dict[str, float] | None, list[tuple[str, str]], list[list[str]], str]:
     """What the page shows for ``results``: the first image's classes with their probabilities (for the
-    label), the pictures with captions (the photo itself, or its mask overlay and drawn box), the table of
-    every head's answer, and a note on the files that could not be read."""
+    label), the pictures with captions (the photo itself, or the pictures of its answers), the table of
+    every task's answer, and a note on the files that could not be read."""
     label, pictures, rows, problems = None, [], [], []
     for result in results:
         name = Path(result["image"]).name
         if "error" in result:
             problems.append(f"**{name}**: {result['error']}")
             continue
-        answers = heads(result)
-        captions = []
-        for head, answer in answers.items():
-            text, details = summary(answer)
-            rows.append([name, head or "-", text, details])
-            captions.append(f"{head}: {text}" if head else text)
-            if label is None and "top" in answer:
-                label = {entry["class"]: entry["probability"] for entry in answer["top"]}
-        drawn = [answer[key] for answer in answers.values() for key in PICTURE_KEYS if key in answer]
+        captions, drawn = [], []
+        for view in result["views"]:
+            rows.append([name, view["task"] or "-", view["answer"], view["details"]])
+            captions.append(f"{view['task']}: {view['answer']}" if view["task"] else view["answer"])
+            drawn += view["pictures"]
+            if label is None and view["probabilities"]:
+                label = dict(view["probabilities"])
         caption = f"{name}: " + "; ".join(captions)
         pictures += [(path, caption) for path in drawn] or [(result["image"], caption)]
     if problems and not rows:
@@ -74,11 +51,12 @@ def shown(results: Sequence[Answer]) -> tuple[dict[str, float] | None, list[tupl
 
 
 def build_page(
-    answer_images: Callable[[list[str]], list[Answer]], title: str, description: str,
+    answer_images: Callable[[list[str]], list[Result]], title: str, description: str,
     examples: Sequence[str] = (), top_k: int = 3,
 ) -> gr.Blocks:  # fmt: skip
     """The page: an upload box for one or more images (with ``examples`` to click), the first image's
-    top-k classes, the pictures and a table of every answer. Its ``predict`` API answers the same."""
+    top-k classes, the pictures and a table of every answer (see :func:`shown`). Its ``predict`` API answers the
+    same."""
 
     def respond(files: list[str] | None) -> tuple[Any, ...]:
         return shown(answer_images([str(path) for path in files])) if files else (None, [], [], "")

@@ -1,4 +1,4 @@
-"""Head boxes: the release's ``annotations/xmls/NAME.xml`` (Pascal VOC), one per trainval image.
+"""Boxes: the head box of each image, from the release's ``annotations/xmls/NAME.xml`` (Pascal VOC).
 
 A box is kept as (x0, y0, x1, y1) in fractions of its image's width and height: the cache resizes every
 image to a square, so fractions survive the resize unchanged; crops and augmentation then move them.
@@ -11,7 +11,10 @@ import math
 from pathlib import Path
 from xml.etree import ElementTree
 
+import pandas as pd
 import torch
+
+from petlab.data.targets.base import Target
 
 BoxResult = tuple[tuple[float, float, float, float] | None, str]
 
@@ -45,7 +48,7 @@ def read_head_box(path: Path, width: int, height: int) -> BoxResult:
     except (ElementTree.ParseError, ValueError, OverflowError, OSError) as error:
         return None, f"head box xml is malformed: {(str(error).splitlines() or [type(error).__name__])[0][:100]}"
     if len(boxes) > 1:  # a few photos show two animals; which head to learn would be a guess
-        return None, f"{len(boxes)} head boxes (several animals): the head task learns one per image"
+        return None, f"{len(boxes)} head boxes (several animals): one box per image is learnt"
     if declared != (width, height):
         return None, f"head box xml says the image is {declared[0]}x{declared[1]}, it is {width}x{height}"
     x0, y0, x1, y1 = xmin - 1, ymin - 1, xmax, ymax
@@ -64,6 +67,11 @@ def box_text(box: tuple[float, float, float, float] | None) -> str:
 def parse_box(text: str) -> list[float]:
     """The index's text of a box as four fractions; NaN for an image without a box."""
     return [float(value) for value in text.split()] if text else [math.nan] * 4
+
+
+def has_box(targets: torch.Tensor) -> torch.Tensor:
+    """Which rows of (N, 4) box targets are boxes (an image without one has NaN)."""
+    return targets.isfinite().all(dim=1)
 
 
 # A box of which less than this share is in view after a crop or augmentation is no longer a target:
@@ -98,3 +106,40 @@ def transform_boxes(boxes: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     visible = (inside_high - inside_low).clamp_min(0).prod(dim=1)
     kept = torch.cat([inside_low, inside_high], dim=1).add(1).div(2)
     return torch.where((visible >= MIN_VISIBLE * whole).unsqueeze(1), kept, torch.nan).to(boxes.dtype)
+
+
+class Box(Target):
+    """The box around the animal's head, (4,) floats (x0, y0, x1, y1) as fractions of the image the
+    network sees; NaN for an image without one (or whose box a crop cut off), which no task counts."""
+
+    what = "head boxes"
+
+    def __init__(self, name: str = "box") -> None:
+        super().__init__(name)
+
+    def missing_from(self, root: Path, layout: str) -> str:
+        folder = Path(root) / "annotations" / "xmls"
+        if layout != "pets" or not folder.is_dir() or not any(folder.glob("*.xml")):
+            return (f"it needs the release's head boxes, and there are none at {folder}: use an Oxford-IIIT Pet "
+                    "copy with annotations/xmls/ (data=oxford_pet, or data=sample)")  # fmt: skip
+        return ""
+
+    def annotate(self, root: Path, layout: str, images: pd.DataFrame) -> pd.DataFrame:
+        values, problems = [], []
+        for name, width, height in zip(images["name"], images["width"], images["height"], strict=True):
+            box, problem = read_head_box(head_box_path(root, name), width, height)
+            values.append(box_text(box))
+            problems.append(problem)
+        return pd.DataFrame({"value": values, "problem": problems}, index=images.index)
+
+    def stored(self, value: str) -> list[float]:
+        return parse_box(value)
+
+    def tensor(self, stored: list[float]) -> torch.Tensor:
+        return torch.tensor(stored, dtype=torch.float32)
+
+    def cropped(self, value: torch.Tensor, side: int, crop: int | None) -> torch.Tensor:
+        return value if crop is None else transform_boxes(value[None], centre_crop_affine(side, crop))[0]
+
+    def moved(self, batch: torch.Tensor, theta: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return transform_boxes(batch, theta)

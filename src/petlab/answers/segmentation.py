@@ -1,0 +1,62 @@
+"""The class of every pixel: the share of the photo that is the pet, a mask file and an overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from petlab.answers.base import Answer, Answerer
+from petlab.pictures import overlay
+
+
+def bilinear_positions(size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``size`` output positions, the two source positions and the second's weight, as torch's
+    bilinear ``interpolate`` (``align_corners=False``, no antialiasing) reads them."""
+    source = np.maximum((np.arange(size) + 0.5) * (source_size / size) - 0.5, 0)
+    low = np.minimum(source.astype(np.int64), source_size - 1)
+    return low, np.minimum(low + 1, source_size - 1), (source - low).astype(np.float32)
+
+
+def full_size_classes(logits: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The class of every pixel of a ``width`` x ``height`` image from its (classes, h, w) logits, resized as
+    torch's bilinear interpolation resizes them, then the best class per pixel."""
+    logits = np.asarray(logits, dtype=np.float32)
+    top, bottom, down = bilinear_positions(height, logits.shape[1])
+    left, right, across = bilinear_positions(width, logits.shape[2])
+    rows = logits[:, top] * (1 - down[:, None]) + logits[:, bottom] * down[:, None]
+    return (rows[:, :, left] * (1 - across) + rows[:, :, right] * across).argmax(axis=0)
+
+
+class PetArea(Answerer):
+    """``{"pet_fraction"}``, the share of the photo's pixels of class ``pet``, from per-pixel logits of
+    ``class_names``; with an output folder, ``mask`` (a PNG of the release's trimap values, ``trimap_values``
+    per class) and ``overlay`` (the photo with the pet tinted)."""
+
+    picture_keys = ("overlay",)
+
+    def __init__(self, class_names: Sequence[str], trimap_values: dict[str, int]) -> None:
+        self.class_names, self.trimap_values = list(class_names), dict(trimap_values)
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "class_names": self.class_names, "trimap_values": self.trimap_values}
+
+    def answer(self, outputs: Any, image: Any, top_k: int, output_dir: Path | None = None, stem: str = "") -> Answer:
+        classes = full_size_classes(outputs, image.width, image.height)
+        answer: Answer = {"pet_fraction": round(float((classes == self.class_names.index("pet")).mean()), 4)}
+        if output_dir is not None:
+            values = np.array([self.trimap_values[name] for name in self.class_names], dtype=np.uint8)[classes]
+            mask, picture = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
+            Image.fromarray(values, mode="L").save(mask)
+            overlay(np.asarray(image.convert("RGB")), classes, self.class_names).save(picture)
+            answer.update(mask=str(mask), overlay=str(picture))
+        return answer
+
+    def summary(self, answer: Answer) -> tuple[str, str]:
+        return f"pet: {answer['pet_fraction']:.1%} of the image", "tinted in the picture"
+
+    def table(self, answers: Sequence[Answer]) -> tuple[list[str], list[list[str]]]:
+        return ["pet area", "mask"], [[f"{a['pet_fraction']:.1%}", a.get("mask", "")] for a in answers]

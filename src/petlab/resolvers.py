@@ -1,0 +1,88 @@
+"""The OmegaConf resolvers petlab's configs use (``${run_id:}``, ``${task_configs:...}`` ...).
+
+Entry points register them before Hydra composes a config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from petlab.config import config_dir, config_groups_help, project_root, run_id, sweep_label
+from petlab.errors import PetlabError
+
+
+def existing_dir(path: str) -> str:
+    """``path``, created if missing: for files opened before any job exists (Optuna's SQLite storage)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def task_configs(names: Sequence[str], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config of each task ``conf/task/NAME.yaml`` as a single run of it composes it (with the search path
+    of this run: a ``--config-dir`` of the user's included), with ``options[NAME]`` on top: the tasks of
+    ``task=joint``."""
+    names, options = [str(name) for name in plain(names) or []], plain(options) or {}
+    if not all(isinstance(settings, Mapping) for settings in options.values()):
+        raise PetlabError(f"task.options={options} must give each task's keys, e.g. task.options.species.dropout=0.2")
+    composed = _composed(tuple(names), json.dumps(options, sort_keys=True), _search_path())
+    return json.loads(composed)
+
+
+def _search_path() -> str:
+    """The config search path of the running Hydra app, if any ("" before one, e.g. in tests)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    return repr(hydra.config_loader().get_sources()) if hydra.is_initialized() else ""
+
+
+@lru_cache(maxsize=64)
+def _composed(names: tuple[str, ...], options: str, search_path: str) -> str:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    def each() -> dict[str, Any]:
+        configs = {}
+        for name in names:
+            if name == "joint":
+                raise PetlabError("task.tasks cannot hold joint itself: list the tasks to train together")
+            try:
+                config = compose(config_name=f"task/{name}").task
+            except MissingConfigException as error:
+                raise PetlabError(f"task.tasks names {name}, and there is no task/{name}.yaml in the config path: "
+                                  "choose one of conf/task/ (or of your own --config-dir)") from error  # fmt: skip
+            configs[name] = {**OmegaConf.to_container(config, resolve=True), **json.loads(options).get(name, {})}
+        return configs
+
+    if search_path:
+        return json.dumps(each())
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return json.dumps(each())
+
+
+def optuna_direction(task: DictConfig) -> str:
+    """The Optuna study direction of the task's monitored metric, as the task declares it."""
+    # Imported here: the tasks bring torch, which the commands that only compose a config do without.
+    from petlab.tasks.base import build_task
+
+    return {"max": "maximize", "min": "minimize"}[build_task(task).mode]
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
+    OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+    OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
+    OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
+    OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
+    OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
+    OmegaConf.register_new_resolver("task_configs", task_configs, replace=True)
