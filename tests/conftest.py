@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from petlab.config import config_dir
@@ -47,7 +47,9 @@ def compose_config(sample_root: Path, run_dir: Path, overrides: Sequence[str] = 
         "callbacks.model_summary=null",
     ]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[*base, *overrides])
+        cfg = compose("train", overrides=[*base, *overrides])
+        OmegaConf.resolve(cfg.task)  # a joint task's tasks are composed while the config path is known
+        return cfg
 
 
 @pytest.fixture

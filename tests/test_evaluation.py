@@ -236,3 +236,45 @@ def test_first_release_checkpoints_evaluate_predict_export_and_refuse_to_resume(
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]
         (metrics,) = (tmp_path / "outputs" / "evaluations").glob("*/metrics.json")
         assert json.loads(metrics.read_text())["images"] > 0
+
+
+def as_format_2(spec: dict) -> dict:
+    """A format-3 task spec as petlab wrote it before tasks and targets were named by class (format 2)."""
+    kind = {"Classification": "classification", "Segmentation": "segmentation", "HeadBox": "head",
+            "Joint": "joint"}[spec["class"].rsplit(".", 1)[1]]  # fmt: skip
+    old = {"kind": kind, **{key: value for key, value in spec.items() if key not in ("class", "target", "configs")}}
+    if kind == "joint":
+        heads = [{"head_box": "head"}.get(name, name) for name in old.pop("tasks")]
+        configs = {{"head_box": "head"}.get(name, name): config for name, config in spec["configs"].items()}
+        old["heads"] = heads
+        old["options"] = {head: {k: v for k, v in as_format_2(config).items() if k not in ("kind", "name", "monitor",
+                                                                                            "mode")}
+                          for head, config in configs.items()}  # fmt: skip
+        return old
+    old["target"] = spec["target"]["name"]
+    if kind == "classification":
+        old["class_names"] = spec["target"]["classes"]
+    return old
+
+
+@pytest.mark.parametrize("run", ["trained_run", "joint_run"])
+def test_checkpoints_of_the_previous_format_load_and_answer_as_before(request, run: str, tmp_path: Path):
+    run_dir = request.getfixturevalue(run)
+    path = Path(best_checkpoint(run_dir))
+    content = torch.load(path, weights_only=False)
+    content["petlab"]["format"] = 2
+    content["hyper_parameters"]["task"] = as_format_2(content["hyper_parameters"]["task"])
+    content["state_dict"] = {key.replace("head.tasks.head_box.", "head.heads.head.").replace("head.tasks.",
+                                                                                             "head.heads."): value
+                             for key, value in content["state_dict"].items()}  # fmt: skip
+    torch.save(content, tmp_path / "format2.ckpt")
+    old, new = load_checkpoint(tmp_path / "format2.ckpt"), load_checkpoint(path)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        before, after = old.model(images), new.model(images)
+    before = before if isinstance(before, dict) else {"": before}
+    after = after if isinstance(after, dict) else {"": after}
+    assert [name.replace("head", "head_box") if name == "head" else name for name in before] == list(after)
+    for value, wanted in zip(before.values(), after.values(), strict=True):
+        assert torch.allclose(value, wanted)
+    assert old.class_names == new.class_names

@@ -115,7 +115,7 @@ def test_each_wrong_segmentation_setting_is_named(settings: dict, message: str):
 
 
 def test_a_segmentation_task_on_a_label_column_is_one_clear_line(sample_root: Path, tmp_path: Path):
-    from petlab.train import check_task
+    from petlab.preflight import check_task
 
     with pytest.raises(PetlabError, match=r"task\.target=species: task=segmentation reads trimaps"):
         check_task(compose_config(sample_root, tmp_path / "run", ["task=segmentation", "task.target=species"]))
@@ -165,7 +165,8 @@ def segmentation_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory
 
 def test_a_segmentation_run_writes_its_evaluation_files(segmentation_run: Path):
     metrics = json.loads((segmentation_run / "metrics.json").read_text())
-    assert metrics["monitor"] == "val/miou" and 0 <= metrics["test/miou"] <= 1
+    # Calling every pixel background scores about 0.41 here; one epoch measured 0.87.
+    assert metrics["monitor"] == "val/miou" and metrics["test/miou"] > 0.7, metrics
     table = pd.read_csv(segmentation_run / "per_class_iou.csv")
     assert list(table["class"]) == ["background", "pet"] and table["pixels"].min() > 0
     per_image = pd.read_csv(segmentation_run / "per_image_iou.csv")

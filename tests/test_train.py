@@ -41,6 +41,18 @@ def test_a_short_run_writes_checkpoints_events_and_metrics(make_cfg):
     assert set(metrics) >= {"val/acc", "val/loss", "val/acc_best", "train/loss", "test/acc"}
 
 
+def test_species_learns_well_above_the_majority_class_and_keeps_its_best_epoch(make_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(["model=cnn", "trainer.max_epochs=3", "callbacks.early_stopping=null"])
+    metrics = train(cfg)
+    # Two thirds of the test images are dogs: always answering dog scores 0.68; measured 0.90 after 3 epochs.
+    assert metrics["test/acc"] > 0.8, metrics
+    accuracies = [event.value for event in EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
+                  .Scalars("val/acc")]  # fmt: skip
+    assert metrics["best_epoch"] == accuracies.index(max(accuracies)) and metrics["directions"]["val/acc"] == "max"
+
+
 def test_breed_classes_are_the_breeds_present(make_cfg):
     cfg = make_cfg(["task=breed"])
     datamodule = instantiate(cfg.data, targets=build_task(cfg.task).targets(), _convert_="all")

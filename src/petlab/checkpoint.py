@@ -124,7 +124,8 @@ def upgrade_format_2_task(spec: dict[str, Any]) -> dict[str, Any]:
         options = spec.pop("options", {})
         configs = {head: upgrade_format_2_task({"kind": FORMAT_2_JOINT_KINDS[head], "name": head, **options[head]})
                    for head in spec["heads"]}  # fmt: skip
-        return {"class": class_path(Joint), **spec, "tasks": spec.pop("heads"), "configs": configs}
+        tasks = spec.pop("heads")
+        return {"class": class_path(Joint), **spec, "tasks": tasks, "configs": configs}
     task_class, target_class = FORMAT_2_KINDS[kind]
     target = {"class": class_path(target_class), "name": spec.pop("target")}
     if target_class is Label:

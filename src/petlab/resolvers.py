@@ -27,27 +27,32 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
-def task_configs(names: Sequence[str], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def task_configs(names: Sequence[str], options: Mapping[str, Any] | None = None) -> DictConfig:
     """The config of each task ``conf/task/NAME.yaml`` as a single run of it composes it (with the search path
     of this run: a ``--config-dir`` of the user's included), with ``options[NAME]`` on top: the tasks of
     ``task=joint``."""
     names, options = [str(name) for name in plain(names) or []], plain(options) or {}
     if not all(isinstance(settings, Mapping) for settings in options.values()):
         raise PetlabError(f"task.options={options} must give each task's keys, e.g. task.options.species.dropout=0.2")
-    composed = _composed(tuple(names), json.dumps(options, sort_keys=True), _search_path())
-    return json.loads(composed)
+    composed = _composed(tuple(names), json.dumps(options, sort_keys=True), *_search_path())
+    return OmegaConf.create(json.loads(composed))
 
 
-def _search_path() -> str:
-    """The config search path of the running Hydra app, if any ("" before one, e.g. in tests)."""
+def _search_path() -> tuple[str, tuple[str, ...]]:
+    """The config search path of the running Hydra app ("" before one, e.g. in tests), and the folders a
+    run's ``hydra.searchpath=[...]`` added to it (which only that run's own composition saw)."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     hydra = GlobalHydra.instance()
-    return repr(hydra.config_loader().get_sources()) if hydra.is_initialized() else ""
+    if not hydra.is_initialized():
+        return "", ()
+    added = tuple(HydraConfig.get().searchpath) if HydraConfig.initialized() else ()
+    return repr(hydra.config_loader().get_sources()), added
 
 
 @lru_cache(maxsize=64)
-def _composed(names: tuple[str, ...], options: str, search_path: str) -> str:
+def _composed(names: tuple[str, ...], options: str, search_path: str, added: tuple[str, ...] = ()) -> str:
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
@@ -57,7 +62,9 @@ def _composed(names: tuple[str, ...], options: str, search_path: str) -> str:
             if name == "joint":
                 raise PetlabError("task.tasks cannot hold joint itself: list the tasks to train together")
             try:
-                config = compose(config_name=f"task/{name}").task
+                searched = [f"hydra.searchpath=[{','.join(added)}]"] if added else []
+                # A group option (not the task's file as the primary config), so that the added folders count.
+                config = compose(config_name="train", overrides=[*searched, f"task={name}"]).task
             except MissingConfigException as error:
                 raise PetlabError(f"task.tasks names {name}, and there is no task/{name}.yaml in the config path: "
                                   "choose one of conf/task/ (or of your own --config-dir)") from error  # fmt: skip

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from petlab.data import policy as policies
-from petlab.data.policy import blend, grey
+from petlab.data.policy import blend, check_policy, draw, geometric_affine, grey, photometric
 from petlab.data.targets import Target
 from petlab.errors import PetlabError
 
@@ -57,7 +56,7 @@ class BatchAugmentation:
             raise PetlabError(f"data.augment.color_jitter={color_jitter} must be from 0 to below 1 (e.g. 0.1)")
         self.image_size, self.crop_scale, self.hflip = image_size, crop_scale, float(hflip)
         self.rotation, self.color_jitter = float(rotation), float(color_jitter)
-        self.policy = policies.check_policy(policy)
+        self.policy = check_policy(policy)
         self.generator = torch.Generator().manual_seed(0)
 
     @classmethod
@@ -116,9 +115,9 @@ class BatchAugmentation:
         count, device = len(images), images.device
         pixels = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         theta = self._affine(count)
-        drawn = policies.draw(self.policy, count, self.generator) if self.policy else None
+        drawn = draw(self.policy, count, self.generator) if self.policy else None
         if drawn is not None:  # the policy's geometry acts on the cropped image: crop after policy, in one map
-            theta = theta @ policies.geometric_affine(self.policy, drawn)
+            theta = theta @ geometric_affine(self.policy, drawn)
         theta = theta[:, :2].to(device)
         grid = sampling_grid(theta, self.image_size)
         # Pixels rotated in from outside the image are black, as with torchvision's RandomRotation.
@@ -128,7 +127,7 @@ class BatchAugmentation:
         elif kinds is not None:
             targets = {key: kind.moved(targets[key], theta, grid) for key, kind in kinds.items()}
         pixels = self._colour(pixels)
-        return (pixels if drawn is None else policies.photometric(self.policy, pixels, drawn)), targets
+        return (pixels if drawn is None else photometric(self.policy, pixels, drawn)), targets
 
     def _colour(self, pixels: torch.Tensor) -> torch.Tensor:
         count, device = len(pixels), pixels.device

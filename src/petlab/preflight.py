@@ -1,0 +1,93 @@
+"""Pre-flight checks of a training run: values that would fail deep inside Lightning or torch, and a
+resume that could not continue, refused in one line before anything is built, read or written."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from petlab.averaging import check_decay
+from petlab.checkpoint import read_checkpoint
+from petlab.checks import switch, whole_number
+from petlab.errors import PetlabError
+from petlab.module import CHECKPOINT_FORMAT
+from petlab.resume import check_resume
+from petlab.tasks.base import build_task
+
+# Keys that Lightning or the module would only trip over mid-run, with their smallest valid value.
+WHOLE_NUMBERS = {"trainer.max_epochs": -1, "trainer.min_epochs": 0, "model.freeze_epochs": 0}
+
+
+def check_config(cfg: DictConfig) -> dict[str, Any] | None:
+    """Refuse values that would fail deep inside Lightning or torch, before anything is built or written.
+
+    Returns what the checkpoint to resume from was trained with, if there is one (read safely, once checked).
+    """
+    if cfg.get("seed") is not None:
+        whole_number("seed", cfg.seed, 0, 2**32 - 1)
+    switch("test_tta", cfg.get("test_tta", False))
+    check_decay(cfg.model.get("ema"))
+    for key, minimum in WHOLE_NUMBERS.items():
+        if OmegaConf.select(cfg, key) is not None:
+            whole_number(key, OmegaConf.select(cfg, key), minimum)
+    freeze_epochs, max_epochs = cfg.model.get("freeze_epochs", 0), cfg.trainer.get("max_epochs")
+    limited = max_epochs is not None and max_epochs >= 0  # -1: no limit
+    if freeze_epochs and not cfg.trainer.get("fast_dev_run") and limited and freeze_epochs >= max_epochs:
+        raise PetlabError(
+            f"model.freeze_epochs={freeze_epochs} leaves no epoch to train the whole network with "
+            f"trainer.max_epochs={max_epochs}: make freeze_epochs smaller than max_epochs"
+        )
+    progressive = OmegaConf.select(cfg, "data.progressive_resize.epochs", default=0)
+    if progressive and cfg.trainer.get("reload_dataloaders_every_n_epochs") != 1:
+        raise PetlabError("data.progressive_resize changes the training loader after its first epochs: set "
+                          "trainer.reload_dataloaders_every_n_epochs=1")  # fmt: skip
+    check_optimizer(cfg)
+    check_task(cfg)
+    if not cfg.get("ckpt_path"):
+        return None
+    if cfg.ckpt_path == "last":
+        raise PetlabError(
+            "ckpt_path=last is resolved on the command line of a single run (python -m petlab ckpt_path=last); "
+            "in a config file or a sweep, give the checkpoint's path"
+        )
+    # A resumed run writes into its own checkpoint folder on purpose: Lightning's warning says nothing here.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    content = read_checkpoint(cfg.ckpt_path)
+    settings = {key: content[key] for key in ("hyper_parameters", "petlab")}  # Lightning loads the weights itself
+    # What the config alone decides is compared now, before the data is indexed and cached; the classes
+    # and normalisation once the data module knows them.
+    if content["petlab"].get("format", 1) < CHECKPOINT_FORMAT:
+        raise PetlabError(
+            f"ckpt_path={cfg.ckpt_path} was written by an earlier petlab (checkpoint format "
+            f"{content['petlab'].get('format', 1)}): it can be evaluated, predicted with and exported, but not "
+            "resumed; start a new run without ckpt_path"
+        )
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    # A task's targets and a joint task's tasks are compared once built (their classes come from the data).
+    task = {key: value for key, value in OmegaConf.to_container(cfg.task, resolve=True).items()
+            if key not in ("target", "configs") and value is not None}  # fmt: skip
+    check_resume(settings, {**model, "task": task, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
+    return settings
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer and scheduler on a stand-in parameter: torch checks their settings on creation."""
+    try:
+        optimizer = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+        if cfg.get("scheduler"):
+            instantiate(cfg.scheduler)(optimizer, total_steps=100)
+    except (TypeError, ValueError, InstantiationException) as error:
+        settings = ", ".join(f"{group}.{key}={value}" for group in ("optimizer", "scheduler")
+                             for key, value in (cfg.get(group) or {}).items() if not key.startswith("_"))  # fmt: skip
+        raise PetlabError(f"the optimizer or scheduler refuses {settings}: {error}") from error
+
+
+def check_task(cfg: DictConfig) -> None:
+    """Build the task: it checks its settings (monitor, mode, dropout ...) on creation, before any data is read."""
+    build_task(cfg.task)
