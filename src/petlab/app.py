@@ -36,6 +36,7 @@ def answer_images(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """``petlab.predict``'s answers for ``paths``; the pictures it draws go to a new folder in ``pictures_dir``
     (see :func:`petlab.pictures.answers_folder`)."""
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.pictures import answers_folder
     from petlab.predict import predict_files
 
@@ -54,6 +55,7 @@ def page_results(answerer: Any, results: Sequence[dict[str, Any]]) -> list[dict[
 def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
     """Up to ``count`` images of the checkpoint's test split (its validation split when it has none), a
     class at a time; from the generated sample when the checkpoint's dataset is not on this machine."""
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.checkpoint import checkpoint_datamodule
 
     datamodule = None
@@ -77,6 +79,7 @@ def example_images(checkpoint: Any, count: int, sample_root: Path) -> list[str]:
 def chosen_examples(checkpoint: Any, cfg: DictConfig) -> list[str]:
     """The images ``cfg.examples`` names: ``auto`` (see :func:`example_images`), or the image files named
     and those in the folders named, or none."""
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.data.index import IMAGE_SUFFIXES
     from petlab.predict import image_files
 
@@ -115,6 +118,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def check_options(cfg: DictConfig) -> None:
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.predict import check_answer_options
 
     check_answer_options(cfg)

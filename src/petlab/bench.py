@@ -26,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -43,6 +44,7 @@ from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_
 from petlab.errors import PetlabError
 from petlab.module import PetModule, normalize_batch
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
+from petlab.resolvers import register_resolvers
 from petlab.tasks.base import Task, build_task, fp32
 
 Batch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> images
@@ -165,10 +167,6 @@ def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.devic
 
 def bench_task(name: str) -> Task:
     """The task of ``conf/task/NAME.yaml`` (any task, a joint one included) as a training run builds it."""
-    from hydra import compose, initialize_config_dir
-
-    from petlab.resolvers import register_resolvers
-
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return build_task(compose("train", overrides=[f"task={name}"]).task)

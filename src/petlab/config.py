@@ -10,6 +10,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 CHECKOUT_DIR = Path(__file__).resolve().parents[2]  # src/petlab/config.py -> the checkout
 
 
@@ -66,8 +68,6 @@ FIXED_KEYS_VARIABLE = "PETLAB_SWEEP_FIXED_KEYS"
 def share_fixed_keys(overrides: list[str]) -> None:
     """Tell the jobs of a sweep (here and in launcher processes) which keys the command line's ``overrides``
     set to one value for all of them: the others are what the sweep varies, which :func:`sweep_label` shows."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # Hydra reports a malformed override itself, in its own words

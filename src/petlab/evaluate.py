@@ -32,6 +32,7 @@ def _overrides_data() -> bool:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from lightning.pytorch.callbacks import RichProgressBar
 
     from petlab.checkpoint import checkpoint_datamodule, load_checkpoint

@@ -196,6 +196,7 @@ It computes in fp32, as `petlab.predict precision=32-true` does.
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 @user_facing
 def main(cfg: DictConfig) -> None:
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.checkpoint import load_checkpoint
 
     require(cfg, "ckpt_path")

@@ -61,6 +61,7 @@ def predict_files(
     The model runs on the CPU with the precision and memory format training would use there; with ``tta``
     its answers for each image and its mirror are averaged.
     """
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     import torch
 
     from petlab.data.transforms import ItemTransform, load_rgb
@@ -126,6 +127,7 @@ def unique_stem(stem: str, used: set[str], output_dir: Path) -> str:
 
 
 def print_table(answerer: Any, results: Sequence[dict[str, Any]]) -> None:
+    # Imported here: only a table needs them.
     from rich.console import Console
     from rich.table import Table
 
@@ -143,6 +145,7 @@ def print_table(answerer: Any, results: Sequence[dict[str, Any]]) -> None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 @user_facing
 def main(cfg: DictConfig) -> None:
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.checkpoint import load_checkpoint
 
     require(cfg, "ckpt_path", "images")

@@ -11,6 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petlab.config import config_dir, config_groups_help, project_root, run_id, sweep_label
@@ -41,9 +45,6 @@ def task_configs(names: Sequence[str], options: Mapping[str, Any] | None = None)
 def _search_path() -> tuple[str, tuple[str, ...]]:
     """The config search path of the running Hydra app ("" before one, e.g. in tests), and the folders a
     run's ``hydra.searchpath=[...]`` added to it (which only that run's own composition saw)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     hydra = GlobalHydra.instance()
     if not hydra.is_initialized():
         return "", ()
@@ -53,9 +54,6 @@ def _search_path() -> tuple[str, tuple[str, ...]]:
 
 @lru_cache(maxsize=64)
 def _composed(names: tuple[str, ...], options: str, search_path: str, added: tuple[str, ...] = ()) -> str:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
-
     def each() -> dict[str, Any]:
         configs = {}
         for name in names:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 
 from petlab.config import config_dir, run_id
 from petlab.errors import PetlabError, shown
+from petlab.resolvers import register_resolvers
 
 RESUME_CONFIG = "petlab_resume"
 RECORD_PREFIX = "resume-"
@@ -60,10 +62,6 @@ def quoted(path: Path) -> str:
 
 def outputs_dir(overrides: Sequence[str]) -> Path:
     """Where runs are written (``paths.log_dir``), as the configs compose it with the paths overrides given."""
-    from hydra import compose, initialize_config_dir
-
-    from petlab.resolvers import register_resolvers
-
     register_resolvers()
     given = [item for item in overrides if item.lstrip("+").startswith("paths.")]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

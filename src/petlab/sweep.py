@@ -37,6 +37,7 @@ class SweepSummary(Callback):
         self._summarise(Path(config.hydra.sweep.dir))
 
     def _summarise(self, sweep_dir: Path) -> None:
+        # Imported here: Hydra loads this callback for every run, and only a sweep's end needs the report.
         from petlab.errors import PetlabError
         from petlab.report import collect_runs, write_report
 
