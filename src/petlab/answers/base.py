@@ -73,8 +73,14 @@ def answerer_from_spec(spec: dict[str, Any]) -> Answerer:
     """The answerer of an exported model's sidecar (its own export: the modules are the folder's)."""
     module_name, _, name = spec["class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
-    arguments = {key: answerer_from_spec(value) if isinstance(value, dict) and "class" in value else value
-                 for key, value in spec.items() if key != "class"}  # fmt: skip
-    if "answerers" in arguments:
-        arguments["answerers"] = {key: answerer_from_spec(value) for key, value in arguments["answerers"].items()}
+    arguments = {key: built(value) for key, value in spec.items() if key != "class"}
     return cls(**arguments)
+
+
+def built(value: Any) -> Any:
+    """A spec's value with the answerers inside it (a joint model's, by task) rebuilt."""
+    if isinstance(value, dict) and "class" in value:
+        return answerer_from_spec(value)
+    if isinstance(value, dict):
+        return {key: built(item) for key, item in value.items()}
+    return value
