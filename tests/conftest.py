@@ -20,6 +20,7 @@ from PIL import Image
 from petlab.config import config_dir
 from petlab.data.sample import generate_sample
 from petlab.resolvers import register_resolvers
+from servers import postgres_url, slurm_cluster  # noqa: F401  (fixtures: a PostgreSQL server, a SLURM cluster)
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
 

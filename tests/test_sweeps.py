@@ -1,4 +1,4 @@
-"""Sweeps as users run them: multiruns with failures, k-fold, the report, Optuna with resume, launchers."""
+"""Sweeps as users run them: multiruns with failures, k-fold, the report, launchers (searches: test_search.py)."""
 
 import json
 import math
@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -164,22 +163,6 @@ def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others
     assert "2 runs (1 completed, 1 unreadable)" in result.stdout and "metrics.json is unreadable" in result.stderr
     runs = pd.read_csv(tmp_path / "sweep" / "report.csv").set_index("seed")
     assert runs.loc[0, "val/acc_best"] == 0.75 and runs.loc[1, "status"] == "unreadable"
-
-
-@pytest.mark.slow
-def test_an_optuna_search_is_stored_resumed_and_reports_its_best(project: Path):
-    search = ["-m", "hparams_search=optuna", "test=false", *TINY]
-    first = run(project, *search, "hydra.sweeper.n_trials=2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    sweep = sweep_dir(project)
-    resumed = run(project, *search, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep}", "seed=1")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    study = optuna.load_study(study_name="petlab", storage=f"sqlite:///{sweep / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) >= {"optimizer.lr", "task.dropout"}
-    assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))
-    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 3  # the resumed trial did not overwrite one
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from petlab.config import config_dir, share_fixed_keys, share_run_id
 from petlab.errors import PetlabError
 from petlab.resolvers import register_resolvers
 from petlab.resume import overrides_of, resume_arguments
+from petlab.slurm import use_queue_when_no_accounting
 
 register_resolvers()
 
@@ -25,13 +26,27 @@ def train_job(cfg: DictConfig) -> float | None:
     return train(cfg).get(cfg.get("optimized_metric"))
 
 
+def is_search(argv: list[str]) -> bool:
+    """A hyperparameter search (``hparams_search=...``), run by petlab's own search rather than Hydra's sweeper;
+    ``--help`` and ``--cfg`` still show the composed config."""
+    asks = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"}
+    return any(a.startswith("hparams_search=") for a in argv) and not asks & set(argv)
+
+
 def main() -> None:
     try:
         sys.argv[1:] = resume_arguments(sys.argv[1:])
     except PetlabError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    if {"-m", "--multirun"} & set(sys.argv[1:]) or any(a.startswith("hparams_search=") for a in sys.argv[1:]):
+    if is_search(sys.argv[1:]):
+        # Imported here: Optuna is the sweep extra's, and only a search needs it.
+        from petlab.search.run import main as search
+
+        search(sys.argv[1:])
+        return
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        use_queue_when_no_accounting()
         share_run_id()
         share_fixed_keys(overrides_of(sys.argv[1:]))
     train_job()

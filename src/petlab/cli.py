@@ -121,9 +121,12 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
             log.error(f"error: {problem}")
             if not logging.getLogger().hasHandlers() or log.disabled:  # commands that switch logging off
                 print(f"error: {problem}", file=sys.stderr)
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
+            trial = (cfg.get("trial") or {}).get("number") is not None  # a search's worker reads why it failed
+            if HydraConfig.get().mode == RunMode.MULTIRUN or trial:
                 output_dir = Path(HydraConfig.get().runtime.output_dir)
                 mark_failed(output_dir, str(problem))
+                if trial:
+                    raise SystemExit(2) from None
                 failed_jobs.append(f"job {HydraConfig.get().job.num} ({output_dir}): {problem}")
                 return None
             discard_failed_start(str(problem))

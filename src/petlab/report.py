@@ -2,8 +2,8 @@
 
 A run is any directory holding ``.hydra/config.yaml``: a single run, a job of a multirun, a fold of a
 cross-validation. Columns are the overrides that vary between runs, the validation and test metrics, best
-epoch, run time, parameter count and status (completed, failed, incomplete). Runs that differ only in
-``seed`` or ``data.fold`` are replicates: the summary gives their mean and standard deviation. Runs are
+epoch, run time, parameter count and status (completed, pruned by a search, failed, incomplete). Runs that
+differ only in ``seed`` or ``data.fold`` are replicates: the summary gives their mean and standard deviation. Runs are
 ranked by the best value of their task's monitored metric (``val/acc_best`` for classification), in the
 task's direction (highest first, or lowest first for a metric the task minimises, such as a loss); runs
 that monitor different metrics (species and segmentation runs) are ranked apart, each by its own.
@@ -51,7 +51,7 @@ def _overrides(run: Path) -> dict[str, str]:
 def _run_row(run: Path, directory: Path, composed: dict[str, Any]) -> dict[str, Any]:
     status, error = run_status(run)
     metrics = {}
-    if status == "completed":
+    if status in ("completed", "pruned"):  # a pruned trial's metrics are those of its epochs so far
         try:
             metrics = _read(run / "metrics.json", json.loads)
         except ValueError as problem:

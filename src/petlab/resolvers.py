@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -19,12 +18,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from petlab.config import config_dir, config_groups_help, project_root, run_id, sweep_label
 from petlab.errors import PetlabError
-
-
-def existing_dir(path: str) -> str:
-    """``path``, created if missing: for files opened before any job exists (Optuna's SQLite storage)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def plain(value: Any) -> Any:
@@ -75,19 +68,9 @@ def _composed(names: tuple[str, ...], options: str, search_path: str, added: tup
         return json.dumps(each())
 
 
-def optuna_direction(task: DictConfig) -> str:
-    """The Optuna study direction of the task's monitored metric, as the task declares it."""
-    # Imported here: the tasks bring torch, which the commands that only compose a config do without.
-    from petlab.tasks.base import build_task
-
-    return {"max": "maximize", "min": "minimize"}[build_task(task).mode]
-
-
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
-    OmegaConf.register_new_resolver("existing_dir", existing_dir, replace=True)
-    OmegaConf.register_new_resolver("optuna_direction", optuna_direction, replace=True)
     OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
     OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
     OmegaConf.register_new_resolver("task_configs", task_configs, replace=True)

@@ -21,6 +21,7 @@ from petlab.config import NOT_HYPERPARAMETERS
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
 from petlab.interpret import Evaluation
+from petlab.jobs import mark_pruned
 from petlab.module import PetModule
 from petlab.preflight import check_config
 from petlab.resume import check_resume
@@ -38,9 +39,11 @@ from petlab.trainer import (
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetModule, L.Trainer]:
+def build(
+    cfg: DictConfig, resuming: bool = False, extra_callbacks: tuple[L.Callback, ...] = ()
+) -> tuple[PetDataModule, PetModule, L.Trainer]:
     """Instantiate the task, the data module reading its targets (set up, so a label's classes are known), the
-    module and the trainer."""
+    module and the trainer (with the config's callbacks and ``extra_callbacks``)."""
     task = build_task(cfg.task)
     with open_dict(cfg):  # callbacks monitor in the direction the task's metric declares (task.mode)
         cfg.task.mode = task.mode
@@ -69,7 +72,7 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[PetDataModule, PetMo
                 f"{datamodule.early_size} px and {model.backbone.num_features} at {datamodule.image_size} px: "
                 "set model.pool=avg"
             )
-    callbacks, loggers = build_group(cfg, "callbacks"), build_group(cfg, "logger")
+    callbacks, loggers = [*build_group(cfg, "callbacks"), *extra_callbacks], build_group(cfg, "logger")
     return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -104,7 +107,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg, resuming=resumed is not None)
+    reporter = trial_reporter(cfg)
+    datamodule, model, trainer = build(
+        cfg, resuming=resumed is not None, extra_callbacks=(reporter,) if reporter else ()
+    )
     if resumed is not None:
         check_resume(resumed, dict(model.hparams), OmegaConf.to_container(cfg.data, resolve=True), cfg.ckpt_path)
     if trainer.is_global_zero and datamodule.report is not None:
@@ -121,7 +127,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = scalar_metrics(trainer)
     checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
-    if cfg.get("test") and datamodule.has_test:
+    pruned_after = reporter.pruned_after if reporter else None
+    if cfg.get("test") and datamodule.has_test and pruned_after is None:  # a pruned trial is not worth testing
         model.tta = cfg.get("test_tta", False)
         trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=False)
         metrics.update({k: v for k, v in scalar_metrics(trainer).items() if k.startswith("test/")})
@@ -143,10 +150,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Learning rates and the last batch's loss say nothing about the result.
     metrics = {k: v for k, v in metrics.items() if not k.startswith("lr-") and k != "train/batch_loss"}
     if trainer.is_global_zero:
-        log_hparams(trainer, metrics, cfg, model.task)
+        status = None if reporter is None else "completed" if pruned_after is None else "pruned"
+        log_hparams(trainer, metrics, cfg, model.task, status)
+        if pruned_after is not None:
+            mark_pruned(output_dir, f"pruned after epoch {pruned_after} of {cfg.trainer.max_epochs}")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(f"Run directory: {output_dir}  (metrics.json, checkpoints/, tensorboard/)")
     return metrics
+
+
+def trial_reporter(cfg: DictConfig) -> L.Callback | None:
+    """For a run that is a trial of a search (``trial.number`` set by the search's worker): the callback that
+    reports to the study and prunes."""
+    trial = cfg.get("trial") or {}
+    if trial.get("number") is None:
+        return None
+    # Imported here: Optuna is the sweep extra's, and only a search's trials need it.
+    from petlab.search.pruning import ReportToTrial
+
+    return ReportToTrial(trial.search_dir, trial.number)
 
 
 # The hyperparameters a person compares between runs, by config key: TensorBoard's HParams tab shows these
@@ -177,12 +199,16 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
-def log_hparams(trainer: L.Trainer, metrics: dict[str, Any], cfg: DictConfig, task: Task) -> None:
+def log_hparams(
+    trainer: L.Trainer, metrics: dict[str, Any], cfg: DictConfig, task: Task, status: str | None = None
+) -> None:
     """Log the compared hyperparameters once, with the task's best monitored metric and the test metrics,
-    so that TensorBoard's HParams tab ranks runs."""
+    so that TensorBoard's HParams tab ranks runs; a search's trial adds its ``status`` (completed, pruned)."""
     names = [task.best_metric, *(name for name in metrics if name.startswith("test/"))]
     values = {f"hp/{name}": metrics[name] for name in names if name in metrics}
     params = {**hparams_of(cfg), "params/total": metrics["params_total"]}
+    if status is not None:
+        params["status"] = status
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics=values)
