@@ -96,6 +96,24 @@ def test_a_wrong_search_is_one_line_before_any_trial(project: Path, arguments: l
     assert not (project / "outputs").exists()  # nothing was started or left behind
 
 
+def test_the_same_command_finds_its_search_again_and_another_starts_anew(project: Path, monkeypatch):
+    from petlab.search.run import prepare
+
+    monkeypatch.setenv("PETLAB_ROOT", str(project))
+    base = ["hparams_search=optuna", "data=sample"]
+    first, _ = prepare([*base, "model=cnn,resnet34", "seed=3", "trainer.max_epochs=choice(1,2)"])
+    again, _ = prepare(["-m", "trainer.max_epochs=choice(1,2)", "seed=3", *base, "model=cnn,resnet34"])
+    assert again.directory == first.directory and again.study_name == Path(first.directory).name
+    assert set(first.space) == {"optimizer.lr", "optimizer.weight_decay", "task.dropout", "task.label_smoothing",
+                                "data.batch_size", "model", "trainer.max_epochs"}  # fmt: skip
+    other, _ = prepare([*base, "model=cnn,resnet34", "seed=3", "data.batch_size=32", "search.n_trials=3"])
+    assert other.directory != first.directory
+    assert "data.batch_size" not in other.space and "data.batch_size=32" in other.fixed  # fixed: not searched
+    assert "search." not in " ".join(other.fixed) and "hparams_search" not in " ".join(other.fixed)
+    with pytest.raises(PetlabError, match="both fixes and searches model"):
+        prepare([*base, "model=cnn", "model=cnn,resnet34"])
+
+
 def test_a_wrong_search_exits_2_with_one_line(project: Path):
     result = search(project, "search.workers=0")
     assert result.returncode == 2
@@ -140,6 +158,24 @@ def test_a_trial_that_falls_behind_is_pruned_and_keeps_what_it_wrote(project: Pa
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     hparams = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
     assert b"status" in hparams and b"pruned" in hparams  # the HParams tab shows the trial's status
+
+
+@pytest.mark.slow
+def test_failed_trials_are_recorded_with_their_error_and_the_search_says_so(project: Path):
+    result = search(project, "trainer.max_epochs=1", "search.n_trials=2", "search.max_failure_rate=1.0",
+                    "data.image_size=choice(8, 9)")  # fmt: skip
+    assert result.returncode == 2
+    assert "error: 2 trial(s) failed:" in result.stderr
+    assert "data.image_size=8 is not valid: it must be a whole number >= 16" in result.stderr
+    directory = the_search(project)
+    runs = collect_runs([directory])
+    assert list(runs["status"]) == ["failed", "failed"] and runs["error"].str.contains(">= 16").all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in directory.glob("00*"):
+        events = EventAccumulator(str(run / "tensorboard")).Reload()
+        hparams = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
+        assert b"failed" in hparams  # listed in the HParams tab with its status
 
 
 def wait_for(condition, seconds: float = 300) -> None:
@@ -202,7 +238,7 @@ def test_a_search_stored_in_postgresql_with_two_workers(project: Path, postgres_
                     f"search.storage='{postgres_url}'")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "storage postgresql://postgres@/petlab" in result.stdout
-    study = optuna.load_study(study_name="petlab", storage=postgres_url)
+    study = optuna.load_study(study_name=the_search(project).name, storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert not (the_search(project) / JOURNAL_FILE).exists()
 

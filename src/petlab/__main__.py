@@ -40,9 +40,11 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     if is_search(sys.argv[1:]):
-        # Imported here: Optuna is the sweep extra's, and only a search needs it.
-        from petlab.search.run import main as search
-
+        try:  # imported here: Optuna is the sweep extra's, and only a search needs it
+            from petlab.search.run import main as search
+        except ImportError as error:
+            print(f"error: a search needs {error.name}: pip install -e '.[sweep]'", file=sys.stderr)
+            sys.exit(2)
         search(sys.argv[1:])
         return
     if {"-m", "--multirun"} & set(sys.argv[1:]):

@@ -46,6 +46,9 @@ def use_queue_when_no_accounting() -> None:
                 return super().read_info(string)
             text = string.decode() if isinstance(string, bytes) else string
             queued = super().read_info(f"{SACCT_FIELDS}\n{text}")
+            # Whatever else the queue says (configuring, suspended, held), a job still in it has not ended.
+            queued = {job: {**info, "State": "PENDING" if info["State"] == "PENDING" else "RUNNING"}
+                      for job, info in queued.items()}  # fmt: skip
             # Whether it succeeded is what its result file says.
             ended = {job: {"JobID": job, "State": "ENDED"} for job in getattr(self, "_asked", ()) - set(queued)}
             return {**queued, **ended}

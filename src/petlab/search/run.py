@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -102,8 +103,13 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
     search = cfg.get("search")
     if search is None:
         raise PetlabError("the chosen hparams_search has no search: node: start from conf/hparams_search/optuna.yaml")
-    params = {str(k): str(v) for k, v in (search.get("params") or {}).items()}
-    params.update(item.lstrip("+").split("=", 1) for item in swept)
+    # A key the command line fixes (data.batch_size=32) is not searched: the user chose its value.
+    fixed_keys = {item.lstrip("+~").split("=", 1)[0] for item in fixed}
+    params = {str(k): str(v) for k, v in (search.get("params") or {}).items() if str(k) not in fixed_keys}
+    for key, value in (item.lstrip("+").split("=", 1) for item in swept):
+        if key in fixed_keys:
+            raise PetlabError(f"the command line both fixes and searches {key}: give {key}= once")
+        params[key] = value
     if not params:
         raise PetlabError("the search space is empty: set search.params or give a sweep such as optimizer.lr="
                           "interval(1e-4,1e-2)")  # fmt: skip
@@ -124,7 +130,8 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
                                                                                     "hydra.sweep."))]  # fmt: skip
     directory = _directory(cfg, arguments, trial_overrides, params)
     settings = SearchSettings(
-        directory=str(directory), study_name=str(search.study_name), direction=direction_of(cfg.task),
+        # Searches that share a database server keep apart by their directories' names.
+        directory=str(directory), study_name=str(search.study_name or directory.name), direction=direction_of(cfg.task),
         metric=str(cfg.optimized_metric), monitor=str(cfg.task.monitor), n_trials=int(search.n_trials),
         space=params, fixed=trial_overrides, config_dir=str(Path(user_dir).resolve()) if user_dir else None,
         storage=search.storage, sampler=str(search.sampler), pruner=str(search.pruner),
@@ -136,7 +143,7 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
     build_sampler(settings, settings.seed), build_pruner(settings)
     if (directory / SETTINGS_FILE).is_file():
         before = SearchSettings.load(directory)
-        if (before.space, before.fixed) != (settings.space, settings.fixed):
+        if (before.space, sorted(before.fixed)) != (settings.space, sorted(settings.fixed)):
             raise PetlabError(f"{directory} holds a search of other values or overrides ({before.space}, "
                               f"{before.fixed}): give another search.name or hydra.sweep.dir")  # fmt: skip
     if settings.storage is not None:
@@ -150,13 +157,13 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
 def _directory(cfg: DictConfig, arguments: list[str], fixed: list[str], params: dict[str, str]) -> Path:
     """``hydra.sweep.dir`` if the command line gives one; else outputs/searches/NAME, NAME being search.name or
     made from what defines the search, so that the same command resumes it and another starts anew."""
-    given = [item.split("=", 1)[1] for item in arguments if item.startswith("hydra.sweep.dir=")]
+    given = [item for item in arguments if item.startswith("hydra.sweep.dir=")]
     if given:
-        return Path(given[-1]).expanduser().resolve()
+        return Path(str(OverridesParser.create().parse_override(given[-1]).value())).expanduser().resolve()
     name = cfg.search.name
     if name is None:
         defining = sorted(item for item in arguments if not item.lstrip("+~").startswith(HOW_IT_RUNS))
-        digest = hashlib.sha1(json.dumps([defining, params, sorted(fixed)]).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps([defining, params, sorted(fixed)], sort_keys=True).encode()).hexdigest()[:8]
         name = f"{cfg.task.name}_{cfg.model.backbone.name}_{digest}"
     return Path(OmegaConf.select(cfg, "paths.log_dir")) / "searches" / str(name)
 
@@ -177,15 +184,21 @@ def start_workers(settings: SearchSettings, search: DictConfig) -> list[Any]:
             gpus_per_node=slurm["gpus_per_node"], mem_gb=slurm["mem_gb"],
             slurm_additional_parameters=slurm.get("additional_parameters") or {},
         )  # fmt: skip
-        with executor.batch():
-            jobs = [executor.submit(SlurmWorker(), settings.directory, index) for index in range(search.workers)]
+        try:
+            with executor.batch():
+                jobs = [executor.submit(SlurmWorker(), settings.directory, index) for index in range(search.workers)]
+        except Exception as error:  # sbatch's refusal (an unknown partition, resources the nodes lack)
+            raise PetlabError(f"SLURM refused the worker jobs ({first_line(error)}): check search.slurm.*") from error
         print(f"search: {len(jobs)} SLURM worker job(s) submitted: {', '.join(job.job_id for job in jobs)}", flush=True)
         return jobs
     processes = []
     for index in range(search.workers):
         with open(logs / f"worker-{index}.log", "a") as output:
+            # A session of its own: Ctrl-C stops the search here, which kills the workers (their trials are then
+            # retried by the next start), rather than interrupting each worker's trial as a failure.
             processes.append(subprocess.Popen([sys.executable, "-m", "petlab.search.worker", settings.directory,
-                                               str(index)], stdout=output, stderr=subprocess.STDOUT))  # fmt: skip
+                                               str(index)], stdout=output, stderr=subprocess.STDOUT,
+                                              start_new_session=True))  # fmt: skip
     return processes
 
 
@@ -195,7 +208,7 @@ def _running(worker: Any) -> bool:
 
 def _stop(worker: Any) -> None:
     if isinstance(worker, subprocess.Popen):
-        worker.terminate()
+        worker.kill()  # its trial dies with it, and is retried when the search starts again
         worker.wait()
     else:
         worker.cancel(check=False)
@@ -290,7 +303,11 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     print(f"search: {settings.directory} ({settings.n_trials} trials, {search.workers} {search.launcher} worker(s), "
           f"storage {settings.storage_shown}, {settings.sampler} sampler, {settings.pruner} pruner)")  # fmt: skip
-    workers = start_workers(settings, search)
+    try:
+        workers = start_workers(settings, search)
+    except PetlabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         study = follow(settings, workers)
     except KeyboardInterrupt:

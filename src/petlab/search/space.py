@@ -30,12 +30,21 @@ def distribution(key: str, expression: str) -> BaseDistribution:
     if tags - {"log"}:
         raise PetlabError(f"search.params: {key}={expression} has the tags {sorted(tags)}: only log is known")
     log = "log" in tags
+    if not isinstance(sweep, ChoiceSweep | IntervalSweep | RangeSweep):
+        raise PetlabError(f"search.params: {key}={expression} is a single value, not a space: write it as {EXAMPLES}")
     if isinstance(sweep, ChoiceSweep):
         choices = list(sweep.list)
         if not all(value is None or isinstance(value, bool | int | float | str) for value in choices):
             raise PetlabError(f"search.params: {key}={expression} offers a list or a dict: choices must be single "
                               "values (numbers, words, true/false, null)")  # fmt: skip
         return CategoricalDistribution(choices)
+    try:
+        return _numeric(sweep, log)
+    except ValueError as error:  # Optuna's own checks: low above high, a log scale through 0, log with a step
+        raise PetlabError(f"search.params: {key}={expression} is not a valid space ({first_line(error)})") from error
+
+
+def _numeric(sweep: IntervalSweep | RangeSweep, log: bool) -> BaseDistribution:
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
         if isinstance(low, int) and isinstance(high, int):
@@ -44,11 +53,11 @@ def distribution(key: str, expression: str) -> BaseDistribution:
     if isinstance(sweep, RangeSweep):
         values = [sweep.start + i * sweep.step for i in range(math.ceil((sweep.stop - sweep.start) / sweep.step))]
         if not values:
-            raise PetlabError(f"search.params: {key}={expression} is an empty range")
+            raise ValueError("an empty range")
         if all(isinstance(value, int) for value in (sweep.start, sweep.step)):
             return IntDistribution(int(values[0]), int(values[-1]), step=int(sweep.step), log=log)
         return FloatDistribution(float(values[0]), float(values[-1]), step=float(sweep.step), log=log)
-    raise PetlabError(f"search.params: {key}={expression} is a single value, not a space: write it as {EXAMPLES}")
+    raise ValueError(f"a single value, not a space: write it as {EXAMPLES}")
 
 
 def search_space(params: Mapping[str, str]) -> dict[str, BaseDistribution]:
@@ -79,9 +88,16 @@ def override_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     text = str(value)
-    if isinstance(value, str) and not PLAIN.fullmatch(text):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, str) and not (PLAIN.fullmatch(text) and _read_back(text) == text):
+        # Inside quotes Hydra unescapes a backslash only before a quote or at the end.
+        escaped = text.replace("'", "\\'") + ("\\" if text.endswith("\\") else "")
+        return f"'{escaped}'"
     return text
+
+
+def _read_back(text: str) -> Any:
+    """What Hydra makes of an unquoted value (``16`` an int, ``true`` a bool, ``null`` None)."""
+    return OverridesParser.create().parse_override(f"key={text}").value()
 
 
 def overrides(params: Mapping[str, Any]) -> list[str]:

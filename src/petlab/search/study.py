@@ -18,7 +18,7 @@ import optuna
 import yaml
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,6 +34,7 @@ SETTINGS_FILE = "search.yaml"
 JOURNAL_FILE = "optuna.journal"
 HEARTBEAT = "petlab:heartbeat"
 ERROR = "error"  # a trial's user attribute: why its run failed (set by the worker that ran it)
+SURPLUS = "surplus"  # a trial's user attribute: started when the search already had its number of trials
 RUN_DIR = "run_dir"  # a trial's user attribute: its run directory
 
 SAMPLERS: dict[str, type[BaseSampler]] = {"tpe": TPESampler, "random": RandomSampler, "qmc": QMCSampler,
@@ -66,7 +67,9 @@ class SearchSettings:
     max_failure_rate: float = 0.5
 
     def save(self) -> None:
-        write_text_atomic(Path(self.directory) / SETTINGS_FILE, yaml.safe_dump(asdict(self), sort_keys=False))
+        path = Path(self.directory) / SETTINGS_FILE
+        write_text_atomic(path, yaml.safe_dump(asdict(self), sort_keys=False))
+        path.chmod(0o600)  # the storage URL may hold a database password
 
     @classmethod
     def load(cls, directory: str | Path) -> SearchSettings:
@@ -89,7 +92,7 @@ class JournalWithHeartbeat(JournalStorage, optuna.storages._heartbeat.BaseHeartb
     """Optuna's journal file storage with the heartbeat its RDB storage has: the worker running a trial records
     the time every ``interval`` seconds; a RUNNING trial silent for ``grace`` seconds is stale."""
 
-    def __init__(self, path: Path, interval: int, callback: RetryHeartbeatStaleTrialCallback | None) -> None:
+    def __init__(self, path: Path, interval: int, callback: RetryLostTrial | None) -> None:
         super().__init__(JournalFileBackend(str(path)))
         self.interval, self.grace, self.callback = interval, 2 * interval, callback
 
@@ -106,18 +109,31 @@ class JournalWithHeartbeat(JournalStorage, optuna.storages._heartbeat.BaseHeartb
     def get_heartbeat_interval(self) -> int:
         return self.interval
 
-    def get_heartbeat_stale_trial_callback(self) -> RetryHeartbeatStaleTrialCallback | None:
+    def get_heartbeat_stale_trial_callback(self) -> RetryLostTrial | None:
         return self.callback
 
 
-class RetryLostTrial(RetryHeartbeatStaleTrialCallback):
-    """Retry a trial whose worker died (its parameters again, as a new trial), and say so in its run directory."""
+class RetryLostTrial:
+    """Retry a trial whose worker died: its values again, as a new trial, up to ``max_retry`` times; and say so in
+    its run directory. (Optuna's RetryHeartbeatStaleTrialCallback also copies the trial's system attributes,
+    among them a pruner's records of the rungs it passed, which the retry has yet to pass.)"""
+
+    def __init__(self, max_retry: int) -> None:
+        self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        retried = len(history) <= self.max_retry
         run_dir = trial.user_attrs.get(RUN_DIR)
         if run_dir and Path(run_dir).is_dir() and not (Path(run_dir) / "metrics.json").is_file():
-            mark_failed(Path(run_dir), "its worker stopped (killed, or its node was lost); the trial is retried")
-        super().__call__(study, trial)  # its retry's run directory is set when a worker takes it
+            then = "the trial is retried" if retried else "retried too often: a new trial replaces it"
+            mark_failed(Path(run_dir), f"its worker stopped (killed, or its node was lost); {then}")
+        if retried:
+            first = trial.system_attrs.get("failed_trial", trial.number)
+            study.add_trial(optuna.create_trial(
+                state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                system_attrs={"failed_trial": first, "retry_history": history},
+            ))  # fmt: skip
 
 
 def open_storage(settings: SearchSettings) -> BaseStorage:
@@ -180,6 +196,8 @@ def tally(trials: list[FrozenTrial]) -> dict[str, int]:
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
              TrialState.WAITING: "waiting"}  # fmt: skip
     for trial in trials:
+        if trial.user_attrs.get(SURPLUS):
+            continue
         counts["lost" if lost(trial) else names.get(trial.state, "failed")] += 1
     return counts
 

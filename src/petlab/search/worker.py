@@ -8,8 +8,10 @@ a crash or a user error in it fails that trial only, and the child dies with its
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -25,13 +27,18 @@ from optuna.storages import fail_stale_trials
 from petlab.config import FIXED_KEYS_VARIABLE, RUN_ID_VARIABLE, sweep_label
 from petlab.jobs import mark_failed, run_status
 from petlab.search.space import override_value, overrides, search_space
-from petlab.search.study import ERROR, RUN_DIR, SearchSettings, build_sampler, finished, open_study, tally
+from petlab.search.study import ERROR, RUN_DIR, SURPLUS, SearchSettings, build_sampler, finished, open_study, tally
 
 log = logging.getLogger("petlab.search")
 
 
 class TrialFailed(Exception):
     """A trial's run failed: recorded as a failed trial, and the search goes on."""
+
+
+class TrialLost(Exception):
+    """A trial that ended without a result of its own (its run was killed, or it was one trial too many): not
+    counted towards the search's number of trials."""
 
 
 def sample(trial: optuna.Trial, settings: SearchSettings) -> dict[str, object]:
@@ -55,18 +62,35 @@ def trial_command(settings: SearchSettings, values: dict[str, object], number: i
             f"trial.number={number}"]  # fmt: skip
 
 
+try:  # loaded before any fork: the child between fork and exec (with the heartbeat thread about) only calls it
+    PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux: a trial outlives its killed worker, and is retried all the same
+    PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the trial's process: receive SIGKILL when the worker dies, so a killed worker leaves no orphan."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the child outlives a killed worker, and its trial is retried all the same
-        pass
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_trial(trial: optuna.Trial, settings: SearchSettings) -> float:
-    """Run one trial to its end; its value, or TrialPruned / TrialFailed."""
+    """Run one trial to its end; its value, or TrialPruned / TrialFailed / TrialLost."""
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    if finished(tally(earlier)) + tally(earlier)["running"] >= settings.n_trials:
+        # Another worker took the last trial at the same moment: this one is not run, and not counted.
+        trial.set_user_attr(SURPLUS, True)
+        raise TrialLost("the search already has its number of trials")
+    try:
+        return _run(trial, settings)
+    except (optuna.TrialPruned, TrialFailed, TrialLost):
+        raise
+    except Exception as error:  # the worker's own trouble (a full disk, an unreadable file): this trial fails
+        trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}")
+        raise TrialFailed(str(error)) from error
+
+
+def _run(trial: optuna.Trial, settings: SearchSettings) -> float:
     values = sample(trial, settings)
     # The folder's name shows the values to three digits (the run's config has them in full).
     short = [f"{key.rsplit('.', 1)[-1]}={f'{value:.3g}' if isinstance(value, float) else value}"
@@ -87,17 +111,38 @@ def run_trial(trial: optuna.Trial, settings: SearchSettings) -> float:
             process.kill()
             raise
     status, error = run_status(run_dir)
+    if status == "incomplete" and (code < 0 or code in (128 + signal.SIGKILL, 128 + signal.SIGTERM)):
+        # Killed from outside (the job cancelled or preempted, out of memory): not the values' fault.
+        mark_failed(run_dir, f"its run was killed (exit status {code}); a new trial replaces it")
+        raise TrialLost(f"its run was killed (exit status {code})")
     if status == "pruned":
         raise optuna.TrialPruned(error)
     if status == "completed":
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        if isinstance(value := metrics.get(settings.metric), int | float):
+        value = metrics.get(settings.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
             return float(value)
-        error = f"its run recorded no {settings.metric} (optimized_metric): set it to one of the task's metrics"
+        if isinstance(value, int | float):
+            error = f"its run recorded {settings.metric}={value}: it diverged (lower the learning rate)"
+        else:
+            error = f"its run recorded no {settings.metric} (optimized_metric): set it to a metric of the task"
     error = error or _last_error(run_dir / "console.log") or f"its run exited with status {code}"
     trial.set_user_attr(ERROR, error)
     mark_failed(run_dir, error)
+    show_failure_in_tensorboard(run_dir, values)
     raise TrialFailed(error)
+
+
+def show_failure_in_tensorboard(run_dir: Path, values: dict[str, object]) -> None:
+    """List a failed trial in TensorBoard's HParams tab beside the others: its values, and status failed."""
+    # Imported here: only a failed trial needs them, and the worker otherwise does without torch.
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    shown = {key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in values.items()}
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for summary in hparams({**shown, "status": "failed"}, {}):
+            writer.file_writer.add_summary(summary)
 
 
 def _last_error(console: Path) -> str:
@@ -127,7 +172,7 @@ def run_worker(search_dir: str | Path, index: int) -> dict[str, int]:
             fail_stale_trials(study)
             time.sleep(min(5, settings.heartbeat_seconds))
             continue
-        study.optimize(lambda trial: run_trial(trial, settings), n_trials=1, catch=(TrialFailed,))
+        study.optimize(lambda trial: run_trial(trial, settings), n_trials=1, catch=(TrialFailed, TrialLost))
 
 
 class SlurmWorker(submitit.helpers.Checkpointable):
