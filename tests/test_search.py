@@ -233,14 +233,22 @@ def test_two_workers_share_a_search_survive_a_killed_worker_and_a_killed_search(
 
 
 @pytest.mark.slow
-def test_a_search_stored_in_postgresql_with_two_workers(project: Path, postgres_url: str):
-    result = search(project, "trainer.max_epochs=2", "search.n_trials=3", "search.workers=2",
-                    f"search.storage='{postgres_url}'")  # fmt: skip
+def test_a_cross_validated_search_stored_in_postgresql_with_two_workers(project: Path, postgres_url: str):
+    result = search(project, "trainer.max_epochs=2", "search.n_trials=2", "search.workers=2", "search.folds=2",
+                    "search.pruner=none", f"search.storage='{postgres_url}'")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "storage postgresql://postgres@/petlab" in result.stdout
-    study = optuna.load_study(study_name=the_search(project).name, storage=postgres_url)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    assert not (the_search(project) / JOURNAL_FILE).exists()
+    directory = the_search(project)
+    study = optuna.load_study(study_name=directory.name, storage=postgres_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert not (directory / JOURNAL_FILE).exists()
+    for trial in study.trials:  # each trial is a 2-fold cross-validation, valued by the mean of its folds
+        folds = [json.loads((Path(trial.user_attrs["run_dir"]) / f"fold-{k}" / "metrics.json").read_text())
+                 for k in (0, 1)]  # fmt: skip
+        assert trial.value == pytest.approx(sum(f["val/acc_best"] for f in folds) / 2)
+        assert list(trial.intermediate_values) == [1, 2]  # the first fold reported its epochs
+    runs = collect_runs([directory])
+    assert len(runs) == 4 and set(runs["data.fold"].astype(int)) == {0, 1}
 
 
 @pytest.mark.slow

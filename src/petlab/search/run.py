@@ -123,6 +123,9 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
     whole_number("search.n_trials", search.n_trials, 1)
     whole_number("search.heartbeat_seconds", search.heartbeat_seconds, 1)
     whole_number("search.max_retries", search.max_retries, 0)
+    folds = whole_number("search.folds", search.get("folds", 1), 1)
+    if folds > 1 and fixed_keys & {"data.folds", "data.fold"}:
+        raise PetlabError("search.folds cross-validates each trial itself: leave data.folds and data.fold out")
     real_number("search.max_failure_rate", search.max_failure_rate, 0.0)
     if search.launcher not in LAUNCHERS:
         raise PetlabError(f"search.launcher={search.launcher} is not known: choose local or slurm")
@@ -138,7 +141,7 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
         sampler_options=OmegaConf.to_container(search.sampler_options), seed=int(cfg.seed or 0),
         pruner_options=OmegaConf.to_container(search.pruner_options),
         heartbeat_seconds=int(search.heartbeat_seconds), max_retries=int(search.max_retries),
-        max_failure_rate=float(search.max_failure_rate),
+        max_failure_rate=float(search.max_failure_rate), folds=folds,
     )  # fmt: skip
     build_sampler(settings, settings.seed), build_pruner(settings)
     if (directory / SETTINGS_FILE).is_file():

@@ -65,6 +65,7 @@ class SearchSettings:
     heartbeat_seconds: int = 30
     max_retries: int = 2
     max_failure_rate: float = 0.5
+    folds: int = 1  # >1: each trial is a cross-validation of that many folds, scored by their mean
 
     def save(self) -> None:
         path = Path(self.directory) / SETTINGS_FILE

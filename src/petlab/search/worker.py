@@ -54,12 +54,11 @@ def sample(trial: optuna.Trial, settings: SearchSettings) -> dict[str, object]:
     return values
 
 
-def trial_command(settings: SearchSettings, values: dict[str, object], number: int, run_dir: Path) -> list[str]:
+def trial_command(settings: SearchSettings, values: dict[str, object], run_dir: Path, more: list[str]) -> list[str]:
     """The command line of a trial's run: the search's fixed overrides, the trial's values, where it writes."""
     config_dir = ["--config-dir", settings.config_dir] if settings.config_dir else []
     return [sys.executable, "-m", "petlab", *config_dir, *settings.fixed, *overrides(values),
-            f"hydra.run.dir={override_value(str(run_dir))}", f"trial.search_dir={override_value(settings.directory)}",
-            f"trial.number={number}"]  # fmt: skip
+            f"hydra.run.dir={override_value(str(run_dir))}", *more]  # fmt: skip
 
 
 try:  # loaded before any fork: the child between fork and exec (with the heartbeat thread about) only calls it
@@ -99,11 +98,29 @@ def _run(trial: optuna.Trial, settings: SearchSettings) -> float:
     run_dir = Path(settings.directory) / f"{trial.number:03d}_{label}"
     run_dir.mkdir(parents=True)
     trial.set_user_attr(RUN_DIR, str(run_dir))
+    log.info(f"trial {trial.number}: {' '.join(overrides(values))}")
+    reporting = [f"trial.search_dir={override_value(settings.directory)}", f"trial.number={trial.number}"]
+    if settings.folds < 2:
+        return _run_once(trial, settings, values, run_dir, reporting)
+    # Cross-validated: the value is the mean over the folds. The first fold reports to the study, so that
+    # the pruner compares the trials' first folds epoch by epoch; the other folds run once it was not pruned.
+    scores = []
+    for fold in range(settings.folds):
+        folds = [f"data.folds={settings.folds}", f"data.fold={fold}"]
+        fold_dir = run_dir / f"fold-{fold}"
+        fold_dir.mkdir()
+        scores.append(_run_once(trial, settings, values, fold_dir, folds + (reporting if fold == 0 else [])))
+    return sum(scores) / len(scores)
+
+
+def _run_once(
+    trial: optuna.Trial, settings: SearchSettings, values: dict[str, object], run_dir: Path, more: list[str]
+) -> float:
+    """Run one run of a trial: its value, or TrialPruned / TrialFailed / TrialLost."""
     # The trial is a single run of its own: it must not take the sweep's run id or fixed keys.
     environment = {k: v for k, v in os.environ.items() if k not in (RUN_ID_VARIABLE, FIXED_KEYS_VARIABLE)}
-    log.info(f"trial {trial.number}: {' '.join(overrides(values))}")
     with open(run_dir / "console.log", "w") as console:
-        process = subprocess.Popen(trial_command(settings, values, trial.number, run_dir), stdout=console,
+        process = subprocess.Popen(trial_command(settings, values, run_dir, more), stdout=console,
                                    stderr=subprocess.STDOUT, env=environment, preexec_fn=_die_with_parent)  # fmt: skip
         try:
             code = process.wait()
