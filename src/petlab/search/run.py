@@ -105,7 +105,9 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
         raise PetlabError("the chosen hparams_search has no search: node: start from conf/hparams_search/optuna.yaml")
     # A key the command line fixes (data.batch_size=32) is not searched: the user chose its value.
     fixed_keys = {item.lstrip("+~").split("=", 1)[0] for item in fixed}
-    params = {str(k): str(v) for k, v in (search.get("params") or {}).items() if str(k) not in fixed_keys}
+    # A key set to null in a search file (one that builds on another) is not searched either.
+    params = {str(k): str(v) for k, v in (search.get("params") or {}).items()
+              if str(k) not in fixed_keys and v is not None}  # fmt: skip
     for key, value in (item.lstrip("+").split("=", 1) for item in swept):
         if key in fixed_keys:
             raise PetlabError(f"the command line both fixes and searches {key}: give {key}= once")
