@@ -20,7 +20,6 @@ from typing import Any
 import optuna
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +29,7 @@ from petlab.errors import PetlabError, first_line
 from petlab.files import write_text_atomic
 from petlab.report import collect_runs, write_report
 from petlab.resolvers import register_resolvers
+from petlab.resume import last_value, split_arguments
 from petlab.search.space import is_sweep, search_space
 from petlab.search.study import (
     RUN_DIR,
@@ -53,20 +53,17 @@ HOW_IT_RUNS = ("search.n_trials", "search.workers", "search.launcher", "search.s
                "search.max_retries", "search.max_failure_rate", "hydra.")  # fmt: skip
 
 
-def split_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
+def config_dir_of(argv: list[str]) -> tuple[str | None, list[str]]:
     """The ``--config-dir`` of the command line, and its overrides (``-m`` dropped: a search is always many runs)."""
-    user_dir, overrides, items = None, [], iter(argv)
+    options, overrides = split_arguments(argv)
+    user_dir, items = None, iter(options)
     for item in items:
-        if item in ("-m", "--multirun"):
-            continue
         if item in ("--config-dir", "-cd"):
             user_dir = next(items, None)
         elif item.startswith("--config-dir="):
             user_dir = item.split("=", 1)[1]
-        elif item.startswith("-"):
+        elif item not in ("-m", "--multirun"):
             raise PetlabError(f"{item} is not an option of a search: give overrides (key=value), -m and --config-dir")
-        else:
-            overrides.append(item)
     return user_dir, overrides
 
 
@@ -91,7 +88,7 @@ def _first_value(space: optuna.distributions.BaseDistribution) -> Any:
 def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
     """The search the command line describes, checked; its directory made and its settings written."""
     register_resolvers()
-    user_dir, arguments = split_arguments(argv)
+    user_dir, arguments = config_dir_of(argv)
     if old := [item for item in arguments if item.startswith("hydra.sweeper.")]:
         raise PetlabError(f"{old[0]} belonged to the old Optuna sweeper: use search.n_trials, search.workers, "
                           "search.params... (see conf/hparams_search/optuna.yaml)")  # fmt: skip
@@ -162,9 +159,8 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
 def _directory(cfg: DictConfig, arguments: list[str], fixed: list[str], params: dict[str, str]) -> Path:
     """``hydra.sweep.dir`` if the command line gives one; else outputs/searches/NAME, NAME being search.name or
     made from what defines the search, so that the same command resumes it and another starts anew."""
-    given = [item for item in arguments if item.startswith("hydra.sweep.dir=")]
-    if given:
-        return Path(str(OverridesParser.create().parse_override(given[-1]).value())).expanduser().resolve()
+    if given := last_value(arguments, "hydra.sweep.dir"):
+        return Path(given).expanduser().resolve()
     name = cfg.search.name
     if name is None:
         defining = sorted(item for item in arguments if not item.lstrip("+~").startswith(HOW_IT_RUNS))
