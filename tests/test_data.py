@@ -191,6 +191,18 @@ def test_the_decoded_image_cache_is_built_once_reused_and_redone_when_interrupte
     assert cached[0][1] == files[0][1] and difference < 0.05
 
 
+def test_a_cache_that_does_not_fit_on_the_disk_is_one_line_and_leaves_no_partial_file(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def disk_full(descriptor: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", disk_full)
+    with pytest.raises(PetlabError, match=r"Cannot cache the images in .* MiB are free \(No space left on device\)"):
+        datamodule(sample_root, tmp_path)
+    assert not list((tmp_path / "cache" / "images").iterdir())
+
+
 def test_the_index_is_cached_outside_the_dataset_and_rebuilt_when_files_change(flawed_root: Path, tmp_path: Path):
     before = snapshot(flawed_root)
     first = build_index(flawed_root, tmp_path / "cache")

@@ -10,9 +10,11 @@ Per-pixel targets (masks) are cached the same way beside their images (see ``pet
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 from rich.progress import track
 
 from petlab.data.transforms import load_rgb
+from petlab.errors import PetlabError
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
 from petlab.pictures import resized_pixels
 
@@ -59,6 +62,7 @@ def build_cache(
     partial = partial_path(target)
     first = decode(paths[0])
     store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), *first.shape))
+    reserve_disk(partial, what)
     for index, path in enumerate(track(paths, description=f"Caching {len(paths)} {what} at {side} px")):
         store[index] = first if index == 0 else decode(path)
     store.flush()
@@ -67,3 +71,22 @@ def build_cache(
     seconds = time.perf_counter() - started
     write_text_atomic(marker, json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
     return target, seconds
+
+
+def reserve_disk(partial: Path, what: str) -> None:
+    """Allocate the memmap's blocks now: a sparse file on a full disk would kill the process with SIGBUS at
+    the first page that cannot be written, instead of this one-line error."""
+    size = partial.stat().st_size
+    try:
+        with open(partial, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return  # a file system that cannot reserve blocks: write into the sparse file as before
+        partial.unlink(missing_ok=True)
+        free = shutil.disk_usage(partial.parent).free
+        raise PetlabError(
+            f"Cannot cache the {what} in {partial.parent}: it needs {size / 2**20:.0f} MiB, "
+            f"{free / 2**20:.0f} MiB are free ({error.strerror}); free some space or set "
+            "data.cache_dir= to a disk that has it, or data.cache=false"
+        ) from None
