@@ -19,8 +19,8 @@ from petlab.data.augment import BatchAugmentation
 from petlab.data.index import build_index
 from petlab.data.items import CachedImageDataset
 from petlab.data.sample import generate_sample
-from petlab.data.stats import unnormalised
-from petlab.data.transforms import load_rgb
+from petlab.data.stats import Unnormalised
+from petlab.data.transforms import decoded_pixels, load_rgb
 from petlab.errors import PetlabError
 from petlab.files import partial_path
 
@@ -163,7 +163,7 @@ def test_weighted_sampling_draws_classes_evenly(sample_root: Path, tmp_path: Pat
 def test_dataset_normalisation_is_the_exact_training_split_statistic(sample_root: Path, tmp_path: Path, cache: bool):
     module = datamodule(sample_root, tmp_path, normalize="dataset", cache=cache)
     train = module.frame[module.frame["split"] == "train"]
-    resize = unnormalised(32, module.side)
+    resize = Unnormalised(32, module.side)
     if cache:
         store = np.load(module.store)
         images = [resize(torch.from_numpy(store[row]).permute(2, 0, 1)) for row in train["cache_row"]]
@@ -201,6 +201,17 @@ def test_a_cache_that_does_not_fit_on_the_disk_is_one_line_and_leaves_no_partial
     with pytest.raises(PetlabError, match=r"Cannot cache the images in .* MiB are free \(No space left on device\)"):
         datamodule(sample_root, tmp_path)
     assert not list((tmp_path / "cache" / "images").iterdir())
+
+
+def test_a_photo_much_larger_than_the_cache_side_is_decoded_at_reduced_scale_to_nearly_the_same_pixels(tmp_path: Path):
+    rows, columns = np.mgrid[0:300, 0:400]
+    photo = np.stack([rows * 255 // 300, columns * 255 // 400, (rows + columns) % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
+    reduced = load_rgb(tmp_path / "photo.jpg", at_least=37)
+    assert 37 <= min(reduced.size) and reduced.size[0] < 400 // 2  # a DCT scale of 1/4 or 1/8
+    assert load_rgb(tmp_path / "photo.jpg", at_least=250).size == (400, 300)  # not twice the side: whole
+    whole = np.array(load_rgb(tmp_path / "photo.jpg").resize((37, 37), Image.BILINEAR), dtype=np.float32)
+    assert np.abs(decoded_pixels(tmp_path / "photo.jpg", 37) - whole).mean() < 2  # of 255
 
 
 def test_the_index_is_cached_outside_the_dataset_and_rebuilt_when_files_change(flawed_root: Path, tmp_path: Path):

@@ -17,17 +17,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 
-from petlab.data.transforms import load_rgb
+from petlab.data.transforms import decoded_pixels
 from petlab.errors import PetlabError
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
-from petlab.pictures import resized_pixels
+from petlab.parallel import parallel_map
 
-CACHE_FORMAT = 1  # bump when the stored layout changes: old caches are then rebuilt
+# Bump when what is stored changes: old caches are then rebuilt. 2: JPEGs decoded at reduced scale.
+CACHE_FORMAT = 2
 
 
 def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Path:
@@ -48,26 +49,29 @@ def build_cache(
 ) -> tuple[Path, float]:  # fmt: skip
     """Decode ``paths`` into ``target``, one uint8 array per file, unless a complete one is there.
 
-    ``decode`` gives a file's array at ``side`` (default: the RGB image, (side, side, 3)). The array is
+    ``decode`` gives a file's array at ``side`` (default: the RGB image, (side, side, 3)); every core decodes
+    (see :func:`petlab.parallel.parallel_map`), so ``decode`` must be picklable. The array is
     written to a ``.partial`` file and renamed, then a ``.json`` marker is written: a build that was
     interrupted leaves no marker and is redone. Returns the path and the build time (0 if reused).
     """
     marker = target.with_suffix(".json")
     if target.is_file() and marker.is_file() and json.loads(marker.read_text()).get("images") == len(paths):
         return target, 0.0
-    decode = decode or (lambda path: resized_pixels(load_rgb(path), side))
+    decode = decode or partial(decoded_pixels, side=side)
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target.parent)
-    partial = partial_path(target)
+    building = partial_path(target)
     first = decode(paths[0])
-    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), *first.shape))
-    reserve_disk(partial, what)
-    for index, path in enumerate(track(paths, description=f"Caching {len(paths)} {what} at {side} px")):
-        store[index] = first if index == 0 else decode(path)
+    store = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(len(paths), *first.shape))
+    reserve_disk(building, what)
+    store[0] = first
+    decoded = parallel_map(decode, paths[1:], f"Caching {len(paths)} {what} at {side} px")
+    for index, pixels in enumerate(decoded, start=1):
+        store[index] = pixels
     store.flush()
     del store
-    os.replace(partial, target)
+    os.replace(building, target)
     seconds = time.perf_counter() - started
     write_text_atomic(marker, json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
     return target, seconds

@@ -24,7 +24,7 @@ from petlab.data.items import CachedImageDataset, ImageDataset, ItemTargets, Tar
 from petlab.data.mixing import BatchMixing
 from petlab.data.report import DataReport
 from petlab.data.sampling import EpochSampler, class_balanced_weights, epoch_seed
-from petlab.data.stats import channel_stats, unnormalised
+from petlab.data.stats import Unnormalised, channel_stats
 from petlab.data.targets import Target
 from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
 from petlab.data.upsample import UPSAMPLING, SyntheticMinority
@@ -193,7 +193,7 @@ class PetDataModule(L.LightningDataModule):
         if self.normalize == "dataset" and not self.fixed_stats:
             source = "cache" if self.store else "files"
             key = "\0".join([fingerprint, source, str(self.image_size), str(self.side), *train["path"]])
-            transform = unnormalised(self.image_size, self.side)
+            transform = Unnormalised(self.image_size, self.side)
             images = self._dataset(train, transform, with_targets=False)
             self.mean, self.std = channel_stats(images, self.num_workers, self.cache_dir, key)
             log.info(f"Dataset mean {self.mean}, std {self.std} (training split, {self.image_size} px)")

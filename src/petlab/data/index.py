@@ -14,16 +14,17 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
-from rich.progress import track
 
 from petlab.checks import whole_number
 from petlab.data.labels import SPECIES, breed_of, species_of
 from petlab.errors import PetlabError
 from petlab.files import remove_stale_partials, write_text_atomic
+from petlab.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,20 @@ def _fingerprint(files: list[Path], max_pixels: int) -> str:
     return digest.hexdigest()
 
 
-def _row(path: Path, name: str, problem: str, max_pixels: int, **labels: str) -> dict:
-    width, height, mode = 0, 0, ""
-    if not problem:
-        width, height, mode, problem = inspect_image(path, max_pixels)
+def _row(path: Path, name: str, problem: str, **labels: str) -> dict:
+    """A file's row before its image is inspected (see :func:`_inspected`); ``problem``: why it is not used."""
     row = {"path": str(path), "name": name, "species": "", "breed": "", "label": "", "official_split": ""}
-    row.update(labels)
-    return {**row, "width": width, "height": height, "mode": mode, "readable": not problem, "problem": problem}
+    return {**row, **labels, "width": 0, "height": 0, "mode": "", "readable": not problem, "problem": problem}
+
+
+def _inspected(rows: list[dict], max_pixels: int) -> pd.DataFrame:
+    """``rows`` with every image that has no problem yet opened (on every core) and measured."""
+    pending = [row for row in rows if not row["problem"]]
+    measured = parallel_map(partial(inspect_image, max_pixels=max_pixels), [Path(row["path"]) for row in pending],
+                            "Indexing images", transient=True)  # fmt: skip
+    for row, (width, height, mode, problem) in zip(pending, measured, strict=True):
+        row.update(width=width, height=height, mode=mode, readable=not problem, problem=problem)
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
 def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
@@ -138,18 +146,18 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
     for problem in annotations.problems:
         log.warning(problem)
     rows = []
-    for path in track(sorted(files), description="Indexing images", transient=True):
+    for path in sorted(files):
         name, breed = path.stem, breed_of(path.stem)
         if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-            rows.append(_row(path, name, f"not an image file ({path.suffix or 'no extension'})", max_pixels))
+            rows.append(_row(path, name, f"not an image file ({path.suffix or 'no extension'})"))
             continue
         if breed is None:
-            rows.append(_row(path, name, "name is not BREED_NUMBER", max_pixels))
+            rows.append(_row(path, name, "name is not BREED_NUMBER"))
             continue
         listed = annotations.species.get(name)
         if listed is not None and listed != species_of(name):
             log.warning(f"list.txt says {name} is a {listed}, its name says {species_of(name)}: using the name")
-        rows.append(_row(path, name, "", max_pixels, species=species_of(name), breed=breed,
+        rows.append(_row(path, name, "", species=species_of(name), breed=breed,
                          official_split=annotations.split.get(name, "")))  # fmt: skip
     present = {row["name"] for row in rows}
     missing = sorted(set(annotations.split) - present)
@@ -158,7 +166,7 @@ def _scan_pets(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame:
     unlisted = sorted(present - set(annotations.species)) if annotations.species else []
     if unlisted:
         log.info(f"{len(unlisted)} images have no row in list.txt (labelled from their names), e.g. {unlisted[0]}")
-    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    return _inspected(rows, max_pixels)
 
 
 def split_folders(root: Path) -> dict[str, str]:
@@ -196,7 +204,7 @@ def _scan_folder(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame
     # Without a validation folder, validation is carved out of the training folder.
     train_split = "train" if "val" in splits.values() else "trainval"
     rows = []
-    for path in track(sorted(files), description="Indexing images", transient=True):
+    for path in sorted(files):
         parts = path.relative_to(root).parts
         if splits and len(parts) == 3 and parts[0] in splits:
             split = train_split if splits[parts[0]] == "train" else splits[parts[0]]
@@ -204,11 +212,11 @@ def _scan_folder(root: Path, files: list[Path], max_pixels: int) -> pd.DataFrame
         elif not splits and len(parts) == 2:
             split, label = "", parts[0]
         else:
-            rows.append(_row(path, path.stem, _misplaced(parts, splits), max_pixels))
+            rows.append(_row(path, path.stem, _misplaced(parts, splits)))
             continue
         problem = "" if path.suffix.lower() in IMAGE_SUFFIXES else f"not an image file ({path.suffix})"
-        rows.append(_row(path, path.stem, problem, max_pixels, label=label, official_split=split))
-    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+        rows.append(_row(path, path.stem, problem, label=label, official_split=split))
+    return _inspected(rows, max_pixels)
 
 
 def build_index(

@@ -3,7 +3,7 @@ targets give (see :class:`petlab.data.targets.Target`), and how items become bat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from petlab.data.targets import Target
-from petlab.data.transforms import ItemTransform, load_rgb
+from petlab.data.transforms import ItemTransform, decoded_pixels
 
 # The targets a data module reads: one (items carry its value), or several by key (items carry a dict).
 Targets = Target | Mapping[str, Target]
@@ -78,14 +78,15 @@ def collate(targets: Targets | None, batch: Sequence[tuple[torch.Tensor, Any]]) 
 class ImageDataset(Dataset):
     """Images decoded from ``paths`` and ``transform``ed (an :class:`ItemTransform`), with ``targets``."""
 
-    def __init__(self, paths: Sequence[str], targets: ItemTargets, transform: Callable[[Any], torch.Tensor]) -> None:
+    def __init__(self, paths: Sequence[str], targets: ItemTargets, transform: ItemTransform) -> None:
         self.paths, self.targets, self.transform = list(paths), targets, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, Any]:
-        return self.transform(load_rgb(self.paths[item])), self.targets(item, self.transform)
+        pixels = torch.from_numpy(decoded_pixels(self.paths[item], self.transform.side)).permute(2, 0, 1)
+        return self.transform(pixels), self.targets(item, self.transform)
 
 
 class CachedImageDataset(Dataset):

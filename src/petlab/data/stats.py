@@ -7,18 +7,23 @@ import json
 from pathlib import Path
 
 import torch
+from PIL import Image
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from petlab.data.transforms import ItemTransform
 from petlab.files import write_text_atomic
 
 
-def unnormalised(image_size: int, side: int) -> v2.Compose:
+class Unnormalised(ItemTransform):
     """An image (PIL or uint8 tensor) as floats in [0, 1], as validation sees it (resized to ``side``, centre
     ``image_size`` crop)."""
-    return v2.Compose([ItemTransform(side, crop=image_size), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __init__(self, image_size: int, side: int) -> None:
+        super().__init__(side, crop=image_size)
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        return super().__call__(image).float() / 255
 
 
 def channel_stats(
@@ -26,7 +31,7 @@ def channel_stats(
 ) -> tuple[list[float], list[float]]:
     """Mean and std over every pixel of every image (streaming sums in float64, not a mean of per-image stds).
 
-    ``dataset`` yields images transformed by :func:`unnormalised`. The result is cached under
+    ``dataset`` yields images transformed by :class:`Unnormalised`. The result is cached under
     ``cache_dir`` by ``key``, which must identify the images and the resolution.
     """
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]

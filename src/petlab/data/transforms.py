@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -14,12 +15,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
+def load_rgb(path: str | Path, upright: bool = False, at_least: int | None = None) -> Image.Image:
     """:func:`petlab.pictures.open_rgb`, with a file that is not a readable image a PetlabError."""
     try:
-        return open_rgb(path, upright)
+        return open_rgb(path, upright, at_least)
     except (OSError, Image.DecompressionBombError) as error:
         raise PetlabError(f"cannot read image {path}: {error}") from error
+
+
+def decoded_pixels(path: str | Path, side: int, upright: bool = False) -> np.ndarray:
+    """A file's image resized to ``side`` x ``side`` (decoded at the smallest JPEG scale that keeps ``side``):
+    what the cache stores, and what uncached datasets and predictions read, so that all three agree."""
+    return resized_pixels(load_rgb(path, upright, at_least=side), side)
 
 
 DEFAULT_CROP_MARGIN = 0.15  # data.crop_margin's default, for checkpoints that predate it
