@@ -70,6 +70,12 @@ def trained_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def segmentation_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch segmentation run of the custom CNN on the tiny dataset."""
+    return train_once(sample_root, tmp_path_factory, ["task=segmentation", "model=cnn", "trainer.max_epochs=1"])
+
+
+@pytest.fixture(scope="session")
 def joint_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 1-epoch joint run (species, breed, segmentation, head) of the CNN: every kind of answer."""
     overrides = ["task=joint", "model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=4"]

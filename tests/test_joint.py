@@ -126,7 +126,7 @@ def test_predict_gives_every_heads_answer_for_each_image(joint_run: Path, sample
         assert answer["species"]["top"][0]["class"] in ("cat", "dog") and len(answer["head_box"]["box"]) == 4
         assert Path(answer["segmentation"]["mask"]).is_file() and Path(answer["head_box"]["drawn"]).is_file()
     table = petlab("petlab.predict", f"ckpt_path={checkpoint}", f"images=[{images[0]}]",
-                   f"output_dir={tmp_path / 'out'}", cwd=tmp_path)  # fmt: skip
+                   f"output_dir={tmp_path / 'table'}", cwd=tmp_path)  # fmt: skip
     assert table.returncode == 0 and "species: prediction" in table.stdout and "head_box: head box" in table.stdout
 
 

@@ -38,7 +38,7 @@ def answer_images(
     (see :func:`petlab.pictures.answers_folder`)."""
     # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.pictures import answers_folder
-    from petlab.predict import predict_files
+    from petlab.prediction import predict_files
 
     output_dir = answers_folder(pictures_dir) if checkpoint.task.answerer().draws() else None
     files = [Path(path) for path in paths]

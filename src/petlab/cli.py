@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import sys
 import warnings
@@ -114,6 +115,9 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
         quiet_console()
         try:
             return job(cfg)
+        except BrokenPipeError:  # the reader of the output went away (| head): stop as a shell command does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            raise SystemExit(141) from None
         except Exception as error:
             problem = user_error(error)
             if problem is None:

@@ -118,6 +118,16 @@ class PetModule(L.LightningModule):
         outputs = fp32(self(images))
         return self.task.merged_with_mirror(outputs, fp32(self(images.flip(-1)))) if tta else outputs
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Outputs | None:
+        """The fp32 outputs for a batch of new photos (see :func:`petlab.data.photos.collate_photos`), with
+        test-time augmentation when ``tta`` is set; None when none of its photos could be read."""
+        images = batch["pixels"]
+        if not len(images):
+            return None
+        if self.uses_channels_last():
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.outputs(images, self.tta)
+
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
 

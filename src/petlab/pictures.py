@@ -7,7 +7,9 @@ and boxes. Keep it free of any other dependency.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -70,6 +72,16 @@ def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] 
         if box is not None:
             draw.rectangle(list(box), outline=colour, width=width)
     return picture
+
+
+def save_whole(picture: Image.Image, path: Path) -> Path:
+    """Save ``picture`` so that ``path`` is whole or absent, even when the process is killed meanwhile: written
+    under a temporary name (the pattern of ``petlab.files.partial_path``, which later runs clean up) and renamed."""
+    host = socket.gethostname().replace(".", "-")
+    temporary = path.with_name(f".{path.name}.{host}.{os.getpid()}.partial")
+    picture.save(temporary, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    os.replace(temporary, path)
+    return path
 
 
 def answers_folder(parent: Path, keep_s: float = 3600) -> Path:

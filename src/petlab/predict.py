@@ -1,26 +1,32 @@
 """``python -m petlab.predict ckpt_path=FILE images=[a.jpg,dir/]``: a checkpoint's answers for new images.
 
-Files that are not images are reported on stderr and skipped; the others are still predicted.
+Through Lightning's ``Trainer.predict`` on the accelerator and devices asked for, photos decoded by
+DataLoader workers while the model computes; several processes each answer a share and the answers are
+merged in the input's order (see :mod:`petlab.answer_log`). Files that are not images are reported and
+skipped; the others are still answered.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
+import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from petlab.answer_log import answered, output_format, parts_dir, picture_stems, records_of, write_merged
 from petlab.checks import switch, whole_number
 from petlab.cli import plugins, require, user_facing
-from petlab.config import config_dir
+from petlab.config import config_dir, run_id, share_run_id
+from petlab.devices import check_devices, gpu_count
 from petlab.errors import PetlabError
+from petlab.files import remove_stale_partials
 from petlab.resolvers import register_resolvers
 
 register_resolvers()
@@ -50,82 +56,6 @@ def check_answer_options(cfg: DictConfig) -> None:
     switch("tta", cfg.tta)
 
 
-def predict_files(
-    checkpoint: Any, files: Sequence[Path], top_k: int, batch_size: int, precision: str = "auto",
-    output_dir: Path | None = None, tta: bool = False,
-) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """One result per file: ``{"image", **the task's answer}`` (see the task's answerer: for classification
-    ``"top": [{"class", "probability"}...]``; for segmentation ``"pet_fraction"`` and, given ``output_dir``,
-    the ``"mask"`` and ``"overlay"`` files written there) or ``{"image", "error"}``.
-
-    The model runs on the CPU with the precision and memory format training would use there; with ``tta``
-    its answers for each image and its mirror are averaged.
-    """
-    # Imported here: torch and the models load only once the options are checked (errors answer at once).
-    import torch
-
-    from petlab.data.transforms import ItemTransform, load_rgb
-    from petlab.precision import autocast, resolve_precision, uses_channels_last
-
-    task, answerer = checkpoint.task, checkpoint.task.answerer()
-    transform = ItemTransform(checkpoint.side, crop=None if task.spatial else checkpoint.image_size)
-    stems: set[str] = set()
-    memory_format = torch.channels_last if uses_channels_last(checkpoint.model.channels_last, "cpu") else None
-    if memory_format is not None:
-        checkpoint.model.to(memory_format=memory_format)
-    precision = resolve_precision(precision, "cpu")
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        originals: dict[int, Any] = {}
-        for position, path in enumerate(chunk):
-            with contextlib.suppress(PetlabError):  # reported below, in its place among the results
-                originals[position] = load_rgb(path, upright=True)
-        answers: dict[int, dict[str, Any]] = {}
-        if originals:
-            batch = torch.stack([transform(image) for image in originals.values()])
-            if memory_format is not None:
-                batch = batch.contiguous(memory_format=memory_format)
-            with torch.inference_mode(), autocast("cpu", precision):
-                outputs = checkpoint.model.outputs(batch, tta)
-            for row, (position, image) in enumerate(originals.items()):
-                stem = chunk[position].stem
-                if output_dir is not None:
-                    stem = unique_stem(stem, stems, make_output_dir(output_dir))
-                answers[position] = answerer.answer(item_outputs(outputs, row), image, top_k, output_dir, stem)
-        for position, path in enumerate(chunk):
-            if position in answers:
-                yield {"image": str(path), **answers[position]}
-            else:
-                yield {"image": str(path), "error": "not a readable image: skipped"}
-
-
-def item_outputs(outputs: Any, row: int) -> Any:
-    """One image's outputs of a batch's as numpy arrays (one, or one per task of a joint model)."""
-    if isinstance(outputs, dict):
-        return {name: value[row].numpy() for name, value in outputs.items()}
-    return outputs[row].numpy()
-
-
-def make_output_dir(output_dir: Path) -> Path:
-    """``output_dir``, created when the first file is written (a run that writes nothing leaves no folder)."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PetlabError(f"cannot create output_dir={output_dir} ({error.strerror}): choose another folder") from error
-    return output_dir
-
-
-def unique_stem(stem: str, used: set[str], output_dir: Path) -> str:
-    """``stem``, or ``stem_2``, ``stem_3`` ... when files of the same name came from other folders or are
-    already in ``output_dir`` from an earlier run: nothing written before is replaced."""
-    candidate, number = stem, 1
-    while candidate in used or any(output_dir.glob(f"{glob.escape(candidate)}_*.png")):
-        number += 1
-        candidate = f"{stem}_{number}"
-    used.add(candidate)
-    return candidate
-
-
 def print_table(answerer: Any, results: Sequence[dict[str, Any]]) -> None:
     # Imported here: only a table needs them.
     from rich.console import Console
@@ -142,37 +72,117 @@ def print_table(answerer: Any, results: Sequence[dict[str, Any]]) -> None:
     Console(width=max(shutil.get_terminal_size().columns, needed)).print(table)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-@user_facing
-def main(cfg: DictConfig) -> None:
-    # Imported here: torch and the models load only once the options are checked (errors answer at once).
-    from petlab.checkpoint import load_checkpoint
+def check_output(cfg: DictConfig) -> tuple[Path | None, Path]:
+    """The output file (None: the console) and the pictures' folder, once neither would mix this run's
+    answers with an earlier run's: both must be new unless ``resume=true`` continues that run."""
+    output_file = Path(cfg.output_file).expanduser() if cfg.output_file else None
+    if output_file is not None:
+        output_format(output_file)
+    if not switch("resume", cfg.resume):
+        if output_file is not None and (output_file.exists() or parts_dir(output_file).exists()):
+            raise PetlabError(f"output_file={output_file} exists (or an interrupted run's answers for it): continue "
+                              "it with resume=true, or choose another file")  # fmt: skip
+    elif output_file is None:
+        raise PetlabError("resume=true continues a run that wrote an output_file: give output_file=ANSWERS.jsonl")
+    if cfg.output_dir:
+        output_dir = Path(cfg.output_dir).expanduser()
+    elif output_file is not None:
+        output_dir = output_file.with_name(f"{output_file.stem}-pictures")
+    else:
+        output_dir = Path(cfg.paths.log_dir) / "predictions" / run_id()
+    if not cfg.resume and output_dir.is_dir() and any(os.scandir(output_dir)):
+        raise PetlabError(f"output_dir={output_dir} already holds pictures: continue that run with resume=true, "
+                          "or choose another folder")  # fmt: skip
+    return output_file, output_dir
 
-    require(cfg, "ckpt_path", "images")
-    if cfg.output not in OUTPUTS:
-        raise PetlabError(f"unknown output={cfg.output}: choose table or json")
-    check_answer_options(cfg)
-    entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
-    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
-    files = image_files(entries)
-    if not files:
-        raise PetlabError(f"no files found in {', '.join(entries)}")
-    results = []
-    output_dir = Path(cfg.output_dir).expanduser() if checkpoint.task.answerer().draws() else None
-    for result in predict_files(checkpoint, files, cfg.top_k, cfg.batch_size, cfg.precision, output_dir, cfg.tta):
-        if "error" in result:
-            print(f"warning: {result['image']}: {result['error']}", file=sys.stderr)
-        if cfg.output == "json":
-            print(json.dumps(result), flush=True)
-        results.append(result)
-    if all("error" in result for result in results):
+
+def several_processes(cfg: DictConfig, device_type: str) -> bool:
+    if cfg.devices == "auto":
+        return (device_type == "cuda" and gpu_count() > 1) or cfg.num_nodes > 1
+    return int(cfg.devices) > 1 or cfg.num_nodes > 1
+
+
+def report(count: int, unreadable: Sequence[str], unreadable_count: int, files: Sequence[Path],
+           entries: Sequence[str]) -> None:  # fmt: skip
+    """Refuse a run where no file was an image (nothing could be done); else name the files skipped
+    (``unreadable``: the first of ``unreadable_count``)."""
+    if count and unreadable_count == count == len(files):
         given = ", ".join(entries)
         problem = (f"{files[0]} is not a readable image" if len(files) == 1
                    else f"none of the {len(files)} files in {given} is a readable image")  # fmt: skip
         raise PetlabError(f"{problem}: nothing to predict")
-    if cfg.output == "table":
-        print_table(checkpoint.task.answerer(), results)
-    if output_dir is not None:
+    for image in unreadable:
+        print(f"warning: {image}: not a readable image: skipped", file=sys.stderr)
+    if unreadable_count > len(unreadable):
+        print(f"warning: {unreadable_count - len(unreadable)} more files are not readable images (their answers "
+              "say so)", file=sys.stderr)  # fmt: skip
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+@user_facing
+def main(cfg: DictConfig) -> None:
+    require(cfg, "ckpt_path", "images")
+    if cfg.output not in OUTPUTS:
+        raise PetlabError(f"unknown output={cfg.output}: choose table or json")
+    check_answer_options(cfg)
+    whole_number("num_workers", cfg.num_workers, 0)
+    whole_number("num_nodes", cfg.num_nodes, 1)
+    device_type = check_devices(cfg.accelerator, cfg.devices)
+    output_file, output_dir = check_output(cfg)
+    several = several_processes(cfg, device_type)
+    if several and output_file is None:
+        raise PetlabError("answering with several processes writes one file: give output_file=ANSWERS.jsonl (or .csv)")
+    entries = list(cfg.images) if isinstance(cfg.images, ListConfig) else [str(cfg.images)]
+    files = image_files(entries)
+    if not files:
+        raise PetlabError(f"no files found in {', '.join(entries)}")
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
+    from petlab.checkpoint import load_checkpoint
+    from petlab.prediction import AnswerWriter, loader, photo_dataset, prediction_trainer
+
+    checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
+    answerer = checkpoint.task.answerer()
+    share_run_id()  # the processes Lightning starts resolve the same default folders
+    console = output_file is None
+    log_file = output_file or Path(tempfile.mkdtemp(prefix="petlab-answers-")) / "answers.jsonl"
+    done, taken = answered(log_file) if cfg.resume else (set(), set())
+    todo = [position for position, path in enumerate(files) if str(path) not in done]
+    stems = {}
+    if answerer.draws():
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise PetlabError(
+                f"cannot create output_dir={output_dir} ({error.strerror}): choose another folder"
+            ) from None
+        remove_stale_partials(output_dir)  # pictures a killed run was writing
+        stems = picture_stems(files, done, taken, [entry.name for entry in os.scandir(output_dir)])
+    if todo:
+        writer = AnswerWriter(answerer, files, cfg.top_k, output_dir if stems else None, stems, parts_dir(log_file))
+        trainer = prediction_trainer(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, several, writer)
+        checkpoint.model.tta = cfg.tta
+        dataset = photo_dataset(checkpoint, files, todo)
+        trainer.predict(checkpoint.model, loader(dataset, cfg.batch_size, cfg.num_workers), return_predictions=False)
+        if several:
+            trainer.strategy.barrier()  # every part is whole before the first process merges them
+        if not trainer.is_global_zero:
+            return
+    positions = {str(path): position for position, path in enumerate(files)}
+    if console:
+        answers = [result for _, _, result in records_of(log_file, positions)]
+        shutil.rmtree(log_file.parent, ignore_errors=True)
+        unreadable = [answer["image"] for answer in answers if "error" in answer]
+        report(len(answers), unreadable, len(unreadable), files, entries)
+        if cfg.output == "json":
+            for answer in answers:
+                print(json.dumps(answer), flush=True)
+        else:
+            print_table(answerer, answers)
+    else:
+        merged = write_merged(log_file, positions)
+        report(merged.count, merged.unreadable, merged.unreadable_count, files, entries)
+        print(f"Answers for {merged.count} images written to {output_file}", file=sys.stderr)
+    if stems:
         print(f"Pictures of the answers written to {output_dir}", file=sys.stderr)
 
 

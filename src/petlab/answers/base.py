@@ -34,6 +34,11 @@ class Answerer(ABC):
         """The modules that define it (an exported page copies them)."""
         return {type(self).__module__}
 
+    def uses_photo(self) -> bool:
+        """Whether :meth:`answer` reads the photo (its size, its pixels): else it is given None, and a large
+        JPEG is decoded only at the scale the model needs."""
+        return True
+
     def draws(self) -> bool:
         """Whether its answers come with pictures (given an output folder)."""
         return bool(self.picture_keys)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from petlab.answers.base import Answer, Answerer
-from petlab.pictures import drawn
+from petlab.pictures import drawn, save_whole
 
 
 class BoxInPixels(Answerer):
@@ -24,7 +24,7 @@ class BoxInPixels(Answerer):
         answer: Answer = {"box": [round(float(value) * size, 1) for value, size in zip(fractions, scale, strict=True)]}
         if output_dir is not None:
             path = output_dir / f"{stem}_box.png"
-            drawn(image, answer["box"]).save(path)
+            save_whole(drawn(image, answer["box"]), path)
             answer["drawn"] = str(path)
         return answer
 

@@ -25,6 +25,9 @@ class TopClasses(Answerer):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "class_names": self.class_names}
 
+    def uses_photo(self) -> bool:
+        return False
+
     def answer(self, outputs: Any, image: Any, top_k: int, output_dir: Path | None = None, stem: str = "") -> Answer:
         probabilities = softmax(np.asarray(outputs, dtype=np.float32))
         best = np.argsort(-probabilities, kind="stable")[: min(top_k, len(self.class_names))]

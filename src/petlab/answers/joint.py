@@ -24,6 +24,9 @@ class EveryTask(Answerer):
     def modules(self) -> set[str]:
         return {type(self).__module__}.union(*(answerer.modules() for answerer in self.answerers.values()))
 
+    def uses_photo(self) -> bool:
+        return any(answerer.uses_photo() for answerer in self.answerers.values())
+
     def draws(self) -> bool:
         return any(answerer.draws() for answerer in self.answerers.values())
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from petlab.answers.base import Answer, Answerer
-from petlab.pictures import overlay
+from petlab.pictures import overlay, save_whole
 
 
 def bilinear_positions(size: int, source_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,8 +50,8 @@ class PetArea(Answerer):
         if output_dir is not None:
             values = np.array([self.trimap_values[name] for name in self.class_names], dtype=np.uint8)[classes]
             mask, picture = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
-            Image.fromarray(values, mode="L").save(mask)
-            overlay(np.asarray(image.convert("RGB")), classes, self.class_names).save(picture)
+            save_whole(Image.fromarray(values, mode="L"), mask)
+            save_whole(overlay(np.asarray(image.convert("RGB")), classes, self.class_names), picture)
             answer.update(mask=str(mask), overlay=str(picture))
         return answer
 

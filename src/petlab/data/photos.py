@@ -1,0 +1,52 @@
+"""New photos for a trained model (``petlab.predict``, the page): decoded by DataLoader workers while the
+model computes, upright as a photo viewer shows them, resized and centre-cropped as validation sees images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from petlab.data.transforms import ItemTransform, load_rgb
+from petlab.errors import PetlabError
+from petlab.pictures import resized_pixels
+
+UNREADABLE = "not a readable image: skipped"
+
+
+class PhotoDataset(Dataset):
+    """``files`` at ``positions`` (their places in the whole input) as model inputs. With ``keep_photo`` an
+    item carries the decoded photo too, for answers measured or drawn at its size; without, a JPEG is
+    decoded at the smallest scale that keeps the model's side (see :func:`petlab.pictures.open_rgb`)."""
+
+    def __init__(
+        self, files: Sequence[Path], positions: Sequence[int], transform: ItemTransform, keep_photo: bool
+    ) -> None:  # fmt: skip
+        self.files, self.positions = list(files), list(positions)
+        self.transform, self.keep_photo = transform, keep_photo
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        position = self.positions[item]
+        side = self.transform.side
+        try:
+            photo = load_rgb(self.files[position], upright=True, at_least=None if self.keep_photo else side)
+        except PetlabError:
+            return {"position": position, "pixels": None, "photo": None}
+        pixels = self.transform(torch.from_numpy(resized_pixels(photo, side)).permute(2, 0, 1))
+        return {"position": position, "pixels": pixels, "photo": photo if self.keep_photo else None}
+
+
+def collate_photos(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A batch: the readable photos' pixels stacked, their positions and photos, and the unreadable ones'
+    positions (answered with an error, in their place)."""
+    readable = [item for item in items if item["pixels"] is not None]
+    pixels = torch.stack([item["pixels"] for item in readable]) if readable else torch.empty(0, dtype=torch.uint8)
+    return {"pixels": pixels, "positions": [item["position"] for item in readable],
+            "photos": [item["photo"] for item in readable],
+            "unreadable": [item["position"] for item in items if item["pixels"] is None]}  # fmt: skip
