@@ -144,3 +144,14 @@ def test_devices_and_outputs_that_cannot_work_are_refused_in_one_line(trained_ru
         result = predict(checkpoint, photos, *options, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (options, result.stderr[-2000:])
         assert "Traceback" not in result.stderr and existing.read_text() == "{}\n"
+
+
+def test_evaluate_refuses_devices_it_cannot_use(trained_run: Path, tmp_path: Path):
+    for options, message in [(["accelerator=gpu"], "accelerator=gpu but torch sees no GPU"),
+                             (["accelerator=cpu", "devices=2"], "petlab.evaluate runs on one device")]:  # fmt: skip
+        result = run_module("petlab.evaluate", f"ckpt_path={checkpoint_of(trained_run)}", *options, cwd=tmp_path)
+        said = result.stdout + result.stderr  # evaluate logs its one line
+        assert result.returncode == 2 and message in said and "Traceback" not in said
+    assert not (tmp_path / "outputs" / "evaluations").exists() or not any(
+        (tmp_path / "outputs" / "evaluations").iterdir()
+    )

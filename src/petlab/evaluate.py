@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from petlab.checks import switch
 from petlab.cli import plugins, require, user_facing
 from petlab.config import config_dir
+from petlab.devices import check_devices
 from petlab.errors import PetlabError
 from petlab.resolvers import register_resolvers
 
@@ -41,6 +42,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     require(cfg, "ckpt_path")
     switch("tta", cfg.tta)
+    check_devices(cfg.accelerator, cfg.devices)
+    if cfg.devices != 1:
+        raise PetlabError(f"devices={cfg.devices}: petlab.evaluate runs on one device (its evaluation files need every "
+                          "answer in one process); petlab.predict answers on several")  # fmt: skip
     L.seed_everything(cfg.seed, verbose=False)
     checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     model, task = checkpoint.model, checkpoint.task
