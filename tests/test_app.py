@@ -103,7 +103,7 @@ def test_a_joint_models_page_shows_every_tasks_answer(joint_run: Path, photos: l
     assert [row[1] for row in rows[:4]] == ["species", "breed", "segmentation", "head_box"]
     assert set(label) <= {"cat", "dog"} and rows[2][2].startswith("pet: ") and rows[3][2].startswith("head at (")
     drawn = [Path(path).name for path, _ in pictures]
-    assert len(drawn) == 4 and drawn[0].endswith("_overlay.png") and drawn[1].endswith("_box.png")
+    assert len(drawn) == 4 and drawn[0].endswith("_overlay.jpg") and drawn[1].endswith("_box.png")
     assert all(Path(path).parent.parent == tmp_path for path, _ in pictures)  # a folder per request
 
 

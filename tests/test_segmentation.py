@@ -195,7 +195,7 @@ def test_predict_writes_release_style_masks_and_overlays(segmentation_run: Path,
         assert set(np.unique(np.asarray(mask))) <= {PET, BACKGROUND}
         assert Image.open(answer["overlay"]).size == mask.size and 0 <= answer["pet_fraction"] <= 1
     assert sorted(p.name for p in output.iterdir()) == [
-        "Bengal_1_mask.png", "Bengal_1_overlay.png", "beagle_2_mask.png", "beagle_2_overlay.png"
+        "Bengal_1_mask.png", "Bengal_1_overlay.jpg", "beagle_2_mask.png", "beagle_2_overlay.jpg"
     ]  # fmt: skip
     assert "Pictures of the answers written to" in result.stderr  # stdout stays JSON lines only
     before = {path: path.read_bytes() for path in output.iterdir()}

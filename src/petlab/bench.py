@@ -8,7 +8,11 @@ with the default augmentation of ``conf/data/oxford_pet.yaml``); both use the tr
 (c) and (d) are measured in fp32 with contiguous tensors (the default before bfloat16) and in the default
 precision and memory format of this device (``trainer.precision=auto``), alternately, ``repeats`` times
 each, and reported as medians; then it prints
-images per second, the ratios b/a and d/c, the speed-up of the default over fp32, and peak memory.
+images per second, the ratios b/a and d/c, the speed-up of the default over fp32, the cache build's rate
+against the number of cores times one core's decode rate, and peak memory.
+
+``--task predict`` measures (e) instead: ``petlab.predict``'s end-to-end images per second over a folder of
+photos (answer files included) against the model's inference bound at the same precision.
 """
 
 from __future__ import annotations
@@ -40,9 +44,18 @@ from petlab.data.cache import build_cache, cache_path, target_cache_path
 from petlab.data.datamodule import PetDataModule, resolve_num_workers
 from petlab.data.frame import stored_values
 from petlab.data.items import CachedImageDataset, ItemTargets, by_key, collate
-from petlab.data.transforms import DEFAULT_CROP_MARGIN, IMAGENET_MEAN, IMAGENET_STD, ItemTransform, resized_side
+from petlab.data.transforms import (
+    DEFAULT_CROP_MARGIN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ItemTransform,
+    decoded_pixels,
+    resized_side,
+)
+from petlab.devices import check_devices
 from petlab.errors import PetlabError
 from petlab.module import PetModule, normalize_batch
+from petlab.parallel import core_count
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
 from petlab.resolvers import register_resolvers
 from petlab.tasks.base import Task, build_task, fp32
@@ -193,6 +206,11 @@ def petlab_pipeline(
     on the CPU, in this process; in training on the training device)."""
     side = resized_side(image_size, DEFAULT_CROP_MARGIN)
     store, seconds = build_cache(paths, side, cache_path(cache_dir, paths, side, "bench"))
+    images_seconds = seconds
+    started = time.perf_counter()
+    for path in paths:  # one core's rate on the same photos: what the cache build's pool multiplies
+        decoded_pixels(path, side)
+    one_core = len(paths) / (time.perf_counter() - started)
     stores = {}
     for key, target in by_key(targets).items():
         if target.per_pixel:
@@ -222,6 +240,10 @@ def petlab_pipeline(
         "b_warm_augmented_img_s": images_per_second(cached(crop=None), augmented),
         "cache_mb": round(sum(path.stat().st_size for path in (store, *stores.values())) / 2**20, 1),
         "cache_build_s": round(seconds, 2),
+        "cache_build_img_s": len(paths) / images_seconds,
+        "decode_one_core_img_s": one_core,
+        "cores": core_count(),
+        "ratio_cache_build_over_cores_x_one_core": len(paths) / images_seconds / (core_count() * one_core),
     }
 
 
@@ -309,6 +331,99 @@ def run_bench(
     return {key: round(value, 3) if isinstance(value, float) else value for key, value in results.items()}
 
 
+PREDICTED_TASKS = ("species", "segmentation")  # a label per photo, and a mask (with pictures) per photo
+
+
+def prediction_checkpoint(root: Path, task_name: str, model: str, image_size: int, directory: Path) -> Path:
+    """A checkpoint of ``model`` for ``task_name`` after one training step on ``root``: the bench measures
+    how fast answers come, not how good they are."""
+    task = bench_task(task_name)
+    datamodule = PetDataModule(root, targets=task.targets(), image_size=image_size, batch_size=8, num_workers=0,
+                               cache_dir=directory / "cache", split="random", augment={})  # fmt: skip
+    datamodule.setup("fit")
+    module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean, datamodule.std,
+                       optimizer=instantiate(training_default("optimizer")))  # fmt: skip
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, accelerator="cpu",
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule)
+    path = directory / f"{task_name}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def inference_bound(checkpoint: Any, batch_size: int, device: torch.device, precision: str, steps: int) -> float:
+    """Images per second of the checkpoint's model on a batch already in memory, with the precision and memory
+    format ``petlab.predict`` uses on ``device``: the most prediction can reach."""
+    model, side = checkpoint.model.to(device), checkpoint.side
+    size = side if checkpoint.task.spatial else checkpoint.image_size
+    channels_last = uses_channels_last(model.channels_last, device.type)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    batch = {"pixels": torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)}
+    with torch.inference_mode(), autocast(device.type, precision):
+        model.predict_step(batch, 0)  # warm-up: allocations, kernel selection
+        _synchronise(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            model.predict_step(batch, 0)
+        _synchronise(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def run_predict_bench(
+    root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
+    workers: int = 2, steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
+) -> dict[str, Any]:  # fmt: skip
+    """(e): ``petlab.predict``'s images per second over the first ``images`` photos of ``root/images`` (its
+    own code: DataLoader workers, Trainer.predict, answers merged into a JSON-lines file, pictures for
+    segmentation) against the model's inference bound at the same precision, alternately, ``repeats`` times
+    each; medians, for a classification and a segmentation model."""
+    from petlab.answer_log import write_merged
+    from petlab.checkpoint import load_checkpoint
+    from petlab.predict import answer_files
+
+    files = sorted((root / "images").glob("*.jpg"))[:images]
+    if len(files) < batch_size:
+        raise PetlabError(f"{root / 'images'} has {len(files)} JPEG photos; the bench needs at least --batch-size")
+    kind = check_devices(accelerator, 1)
+    device = torch.device("cuda" if kind == "cuda" else "cpu")
+    chosen = resolve_precision(precision, accelerator)
+    results: dict[str, Any] = {"root": str(root), "task": "predict", "model": model, "image_size": image_size,
+                               "batch_size": batch_size, "images": len(files), "workers": workers,
+                               "precision": chosen, "repeats": repeats,
+                               "device": torch.cuda.get_device_name() if kind == "cuda" else "cpu"}  # fmt: skip
+    positions = {str(path): position for position, path in enumerate(files)}
+    with tempfile.TemporaryDirectory(prefix="petlab-bench-") as directory:
+        for task_name in PREDICTED_TASKS:
+            checkpoint = load_checkpoint(prediction_checkpoint(root, task_name, model, image_size, Path(directory)))
+            options = OmegaConf.create({"top_k": 3, "batch_size": batch_size, "num_workers": workers, "tta": False,
+                                        "accelerator": accelerator, "devices": 1, "num_nodes": 1,
+                                        "precision": precision, "resume": False})  # fmt: skip
+            bound, answered = [], []
+            for repeat in range(repeats):
+                bound.append(inference_bound(checkpoint, batch_size, device, chosen, steps))
+                log_file = Path(directory) / f"{task_name}-{repeat}.jsonl"
+                started = time.perf_counter()
+                answer_files(checkpoint, files, log_file, log_file.with_suffix(""), options, several=False)
+                write_merged(log_file, positions)
+                answered.append(len(files) / (time.perf_counter() - started))
+            results[f"e_{task_name}_bound_img_s"] = statistics.median(bound)
+            results[f"e_{task_name}_predict_img_s"] = statistics.median(answered)
+            results[f"ratio_e_{task_name}"] = statistics.median(a / b for a, b in zip(answered, bound, strict=True))
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return {key: round(value, 3) if isinstance(value, float) else value for key, value in results.items()}
+
+
+def print_predict_results(results: dict[str, Any]) -> None:
+    print(f"petlab bench: petlab.predict on {results['images']} photos from {results['root']}, {results['model']} "
+          f"at {results['image_size']} px, batch {results['batch_size']}, {results['workers']} DataLoader workers, "
+          f"{results['precision']}, {results['device']}; medians of {results['repeats']}")  # fmt: skip
+    for task_name in PREDICTED_TASKS:
+        print(f"  {task_name:<13} model alone {results[f'e_{task_name}_bound_img_s']:>8.1f} images/s   "
+              f"petlab.predict {results[f'e_{task_name}_predict_img_s']:>8.1f} images/s   "
+              f"ratio {results[f'ratio_e_{task_name}']:.2f}")  # fmt: skip
+    print(f"  peak memory {results['peak_rss_mb']} MB")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -321,8 +436,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--task",
         default="species",
-        choices=config_options("task"),
-        help="any task of conf/task: its targets travel every pipeline, as their kinds say (default species)",
+        choices=[*config_options("task"), "predict"],
+        help="any task of conf/task: its targets travel every pipeline, as their kinds say (default species); "
+        "predict: petlab.predict's throughput over --root's photos against the model alone, for a species and a "
+        "segmentation model",
     )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -344,6 +461,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         args.images, args.image_size, args.steps, args.batch_size, args.repeats = 64, 64, 2, 16, 1
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
+    if args.task == "predict":
+        try:
+            results = run_predict_bench(args.root, args.model, args.image_size, args.batch_size, args.images,
+                                        2 if workers == "auto" else workers, args.steps, args.precision,
+                                        args.accelerator, args.repeats)  # fmt: skip
+        except PetlabError as error:
+            parser.exit(2, f"error: {error}\n")
+        if args.json:
+            print(json.dumps(results))
+        else:
+            print_predict_results(results)
+        return
     try:
         results = run_bench(args.root, args.model, args.image_size, args.batch_size, args.images, workers,
                             args.steps, args.precision, args.accelerator, args.repeats, args.task)  # fmt: skip
@@ -374,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{results['ratio_d_over_c_default']:.2f} (default)")  # fmt: skip
     print(f"  default over fp32: {results['speedup_c_default_over_fp32']:.2f}x compute, "
           f"{results['speedup_d_default_over_fp32']:.2f}x end-to-end")  # fmt: skip
+    print(f"  cache build: {results['cache_build_img_s']:.0f} images/s on {results['cores']} cores, one core decodes "
+          f"{results['decode_one_core_img_s']:.0f}: {results['ratio_cache_build_over_cores_x_one_core']:.2f} of "
+          "cores x one core")  # fmt: skip
     print(f"  cache: {results['cache_mb']} MB for {results['images']} images, built in {results['cache_build_s']} s;"
           f" peak memory {results['peak_rss_mb']} MB" + (f", GPU {results['peak_gpu_mb']} MB"
                                                         if "peak_gpu_mb" in results else ""))  # fmt: skip

@@ -54,13 +54,15 @@ def resized_pixels(image: Image.Image, side: int) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, class_names: Sequence[str], alpha: float = 0.45) -> Image.Image:
-    """``image`` (H, W, 3) with every pixel that is not background tinted by its class's colour."""
-    tinted = image.astype(np.float32).copy()
-    for index, name in enumerate(class_names):
-        if name != "background":
-            where = classes == index
-            tinted[where] = (1 - alpha) * tinted[where] + alpha * np.array(COLOURS[name], dtype=np.float32)
-    return Image.fromarray(tinted.round().astype(np.uint8))
+    """``image`` (H, W, 3) with every pixel that is not background tinted by its class's colour (Pillow's
+    blend and composite: a few milliseconds for a photo where float arithmetic over it took tens)."""
+    palette = np.array([COLOURS[name] if name != "background" else (0, 0, 0) for name in class_names], np.uint8)
+    photo = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    known = classes < len(class_names)  # an ignored pixel (255 in a true mask) stays as it is
+    tinted = Image.blend(photo, Image.fromarray(palette[np.where(known, classes, 0)]), alpha)
+    background = class_names.index("background") if "background" in class_names else -1
+    shown = known & (classes != background)
+    return Image.composite(tinted, photo, Image.fromarray(shown.astype(np.uint8) * 255))
 
 
 def drawn(image: Image.Image, predicted: Sequence[float], true: Sequence[float] | None = None) -> Image.Image:
@@ -79,7 +81,10 @@ def save_whole(picture: Image.Image, path: Path) -> Path:
     under a temporary name (the pattern of ``petlab.files.partial_path``, which later runs clean up) and renamed."""
     host = socket.gethostname().replace(".", "-")
     temporary = path.with_name(f".{path.name}.{host}.{os.getpid()}.partial")
-    picture.save(temporary, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    if path.suffix.lower() == ".png":
+        picture.save(temporary, format="PNG", compress_level=1)  # several times faster, files about 1.3x larger
+    else:
+        picture.save(temporary, format="JPEG", quality=90)
     os.replace(temporary, path)
     return path
 

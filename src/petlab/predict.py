@@ -118,6 +118,40 @@ def report(count: int, unreadable: Sequence[str], unreadable_count: int, files: 
               "say so)", file=sys.stderr)  # fmt: skip
 
 
+def answer_files(
+    checkpoint: Any, files: Sequence[Path], log_file: Path, output_dir: Path, cfg: DictConfig, several: bool
+) -> dict[int, str] | None:  # fmt: skip
+    """Answer ``files`` (those ``log_file`` lacks, with ``cfg.resume``) into parts of ``log_file``, with
+    pictures in ``output_dir``; ``cfg``: predict.yaml's options. Returns the picture stems by position (empty
+    for answers without pictures), or None in a process other than the first."""
+    # Imported here: torch and the models load only once the options are checked (errors answer at once).
+    from petlab.prediction import AnswerWriter, loader, photo_dataset, prediction_trainer
+
+    answerer = checkpoint.task.answerer()
+    done, taken = answered(log_file) if cfg.resume else (set(), set())
+    todo = [position for position, path in enumerate(files) if str(path) not in done]
+    stems = {}
+    if answerer.draws():
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise PetlabError(
+                f"cannot create output_dir={output_dir} ({error.strerror}): choose another folder"
+            ) from None
+        remove_stale_partials(output_dir)  # pictures a killed run was writing
+        stems = picture_stems(files, done, taken, [entry.name for entry in os.scandir(output_dir)])
+    if not todo:
+        return stems
+    writer = AnswerWriter(answerer, files, cfg.top_k, output_dir if stems else None, stems, parts_dir(log_file))
+    trainer = prediction_trainer(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, several, writer)
+    checkpoint.model.tta = cfg.tta
+    dataset = photo_dataset(checkpoint, files, todo)
+    trainer.predict(checkpoint.model, loader(dataset, cfg.batch_size, cfg.num_workers), return_predictions=False)
+    if several:
+        trainer.strategy.barrier()  # every part is whole before the first process merges them
+    return stems if trainer.is_global_zero else None
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 @user_facing
 def main(cfg: DictConfig) -> None:
@@ -138,35 +172,15 @@ def main(cfg: DictConfig) -> None:
         raise PetlabError(f"no files found in {', '.join(entries)}")
     # Imported here: torch and the models load only once the options are checked (errors answer at once).
     from petlab.checkpoint import load_checkpoint
-    from petlab.prediction import AnswerWriter, loader, photo_dataset, prediction_trainer
 
     checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
-    answerer = checkpoint.task.answerer()
     share_run_id()  # the processes Lightning starts resolve the same default folders
     console = output_file is None
     log_file = output_file or Path(tempfile.mkdtemp(prefix="petlab-answers-")) / "answers.jsonl"
-    done, taken = answered(log_file) if cfg.resume else (set(), set())
-    todo = [position for position, path in enumerate(files) if str(path) not in done]
-    stems = {}
-    if answerer.draws():
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise PetlabError(
-                f"cannot create output_dir={output_dir} ({error.strerror}): choose another folder"
-            ) from None
-        remove_stale_partials(output_dir)  # pictures a killed run was writing
-        stems = picture_stems(files, done, taken, [entry.name for entry in os.scandir(output_dir)])
-    if todo:
-        writer = AnswerWriter(answerer, files, cfg.top_k, output_dir if stems else None, stems, parts_dir(log_file))
-        trainer = prediction_trainer(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, several, writer)
-        checkpoint.model.tta = cfg.tta
-        dataset = photo_dataset(checkpoint, files, todo)
-        trainer.predict(checkpoint.model, loader(dataset, cfg.batch_size, cfg.num_workers), return_predictions=False)
-        if several:
-            trainer.strategy.barrier()  # every part is whole before the first process merges them
-        if not trainer.is_global_zero:
-            return
+    stems = answer_files(checkpoint, files, log_file, output_dir, cfg, several)
+    if stems is None:  # not the first process: that one merges the parts and reports
+        return
+    answerer = checkpoint.task.answerer()
     positions = {str(path): position for position, path in enumerate(files)}
     if console:
         answers = [result for _, _, result in records_of(log_file, positions)]

@@ -49,7 +49,8 @@ class PetArea(Answerer):
         answer: Answer = {"pet_fraction": round(float((classes == self.class_names.index("pet")).mean()), 4)}
         if output_dir is not None:
             values = np.array([self.trimap_values[name] for name in self.class_names], dtype=np.uint8)[classes]
-            mask, picture = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.png"
+            # The overlay is a photo: a JPEG, written 10-20x faster than a PNG of it.
+            mask, picture = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.jpg"
             save_whole(Image.fromarray(values, mode="L"), mask)
             save_whole(overlay(np.asarray(image.convert("RGB")), classes, self.class_names), picture)
             answer.update(mask=str(mask), overlay=str(picture))
