@@ -29,6 +29,7 @@ from petlab.parallel import parallel_map
 
 # Bump when what is stored changes: old caches are then rebuilt. 2: JPEGs decoded at reduced scale.
 CACHE_FORMAT = 2
+ROWS_PER_TASK = 32  # images a cache-building worker decodes per task: a progress step, small enough to balance
 
 
 def cache_path(cache_dir: Path, paths: Sequence[str], side: int, key: str) -> Path:
@@ -66,15 +67,27 @@ def build_cache(
     store = np.lib.format.open_memmap(building, mode="w+", dtype=np.uint8, shape=(len(paths), *first.shape))
     reserve_disk(building, what)
     store[0] = first
-    decoded = parallel_map(decode, paths[1:], f"Caching {len(paths)} {what} at {side} px")
-    for index, pixels in enumerate(decoded, start=1):
-        store[index] = pixels
     store.flush()
     del store
+    # Each worker writes its rows into the shared file itself: sending every array back to this process
+    # would cost as much as decoding it.
+    rows = list(enumerate(paths))[1:]
+    chunks = [rows[start : start + ROWS_PER_TASK] for start in range(0, len(rows), ROWS_PER_TASK)]
+    for _ in parallel_map(partial(decode_rows, building, decode), chunks, f"Caching {len(paths)} {what} at {side} px"):
+        pass
     os.replace(building, target)
     seconds = time.perf_counter() - started
     write_text_atomic(marker, json.dumps({"images": len(paths), "side": side, "seconds": round(seconds, 2)}))
     return target, seconds
+
+
+def decode_rows(store: Path, decode: Callable[[str], np.ndarray], rows: Sequence[tuple[int, str]]) -> int:
+    """Decode ``rows`` (index, path) into the memory-mapped ``store``; how many were written."""
+    images = np.load(store, mmap_mode="r+")
+    for index, path in rows:
+        images[index] = decode(path)
+    images.flush()
+    return len(rows)
 
 
 def reserve_disk(partial: Path, what: str) -> None:
