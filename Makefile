@@ -37,7 +37,7 @@ test: $(STAMP) ## Run the test suite (what CI runs)
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-bench: sample ## Data pipeline and training throughput, e.g. make bench ARGS="--root DIR --model cnn"
+bench: sample ## Data pipeline, training and (--task predict) prediction throughput, e.g. make bench ARGS="--root DIR --model cnn"
 	$(BIN)/python -m petlab.bench $(ARGS)
 
 app: $(STAMP) ## Serve the web page to try a model on 127.0.0.1:7860, e.g. make app ARGS="ckpt_path=outputs/runs/RUN/checkpoints/last.ckpt"
