@@ -15,10 +15,13 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from petlab.__main__ import is_search
+from petlab.config import config_dir
 from petlab.errors import PetlabError
 from petlab.report import collect_runs
 from petlab.search.space import distribution, override_value
@@ -109,7 +112,14 @@ def test_the_same_command_finds_its_search_again_and_another_starts_anew(project
     other, _ = prepare([*base, "model=cnn,resnet34", "seed=3", "data.batch_size=32", "search.n_trials=3"])
     assert other.directory != first.directory
     assert "data.batch_size" not in other.space and "data.batch_size=32" in other.fixed  # fixed: not searched
-    assert "search." not in " ".join(other.fixed) and "hparams_search" not in " ".join(other.fixed)
+    assert "search." not in " ".join(other.fixed).replace("hparams_search=", "")
+    # A trial composes the search file: what it sets besides search.* is the trials' budget.
+    recipe, _ = prepare(["hparams_search=scratch_recipe", "data=sample"])
+    assert "hparams_search=scratch_recipe" in recipe.fixed and not is_search([*recipe.fixed, "data.fold=1"])
+    assert is_search(["-m", *recipe.fixed])
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        composed = compose("train", overrides=recipe.fixed)
+    assert composed.trainer.max_epochs == 15 and composed.test is False
     with pytest.raises(PetlabError, match="both fixes and searches model"):
         prepare([*base, "model=cnn", "model=cnn,resnet34"])
 

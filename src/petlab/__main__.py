@@ -27,10 +27,13 @@ def train_job(cfg: DictConfig) -> float | None:
 
 
 def is_search(argv: list[str]) -> bool:
-    """A hyperparameter search (``hparams_search=...``), run by petlab's own search rather than Hydra's sweeper;
+    """A hyperparameter search (``-m hparams_search=...``), run by petlab's own search rather than Hydra's sweeper;
     ``--help`` and ``--cfg`` still show the composed config."""
     asks = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"}
-    return any(a.startswith("hparams_search=") for a in argv) and not asks & set(argv)
+    # Without -m, as with Hydra's sweepers, the search file is only composed into one run: how a search's
+    # trials run, with the budget the file sets.
+    multirun = {"-m", "--multirun"} & set(argv)
+    return any(a.startswith("hparams_search=") for a in argv) and bool(multirun) and not asks & set(argv)
 
 
 def main() -> None:

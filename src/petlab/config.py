@@ -60,7 +60,7 @@ def share_run_id() -> None:
 
 # Overrides that say where a run reads and writes or how Hydra runs it, not how the model is trained:
 # left out of the hyperparameters and of the report's columns.
-NOT_HYPERPARAMETERS = ("hydra.", "paths.", "ckpt_path", "trial.")
+NOT_HYPERPARAMETERS = ("hydra.", "paths.", "ckpt_path", "trial.", "hparams_search")
 
 FIXED_KEYS_VARIABLE = "PETLAB_SWEEP_FIXED_KEYS"
 

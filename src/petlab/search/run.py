@@ -128,8 +128,9 @@ def prepare(argv: list[str]) -> tuple[SearchSettings, DictConfig]:
     real_number("search.max_failure_rate", search.max_failure_rate, 0.0)
     if search.launcher not in LAUNCHERS:
         raise PetlabError(f"search.launcher={search.launcher} is not known: choose local or slurm")
-    trial_overrides = [item for item in fixed if not item.lstrip("+~").startswith(("hparams_search=", "search.",
-                                                                                    "hydra.sweep."))]  # fmt: skip
+    # A trial composes the search file too (hparams_search=NAME): what it sets besides search.* (epochs,
+    # test=false, ...) is the trials' budget. It runs as a plain run: see petlab.__main__.is_search.
+    trial_overrides = [item for item in fixed if not item.lstrip("+~").startswith(("search.", "hydra.sweep."))]
     directory = _directory(cfg, arguments, trial_overrides, params)
     settings = SearchSettings(
         # Searches that share a database server keep apart by their directories' names.
