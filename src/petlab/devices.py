@@ -18,8 +18,8 @@ def gpu_count() -> int:
 
 def check_devices(accelerator: str, devices: int | str, gpus: int | None = None, cores: int | None = None) -> str:
     """The device type the command will use (``cpu``, ``cuda`` or ``mps``) once ``accelerator`` and
-    ``devices`` (processes on the CPU, GPUs otherwise; ``auto``: all) are known to fit this machine, which
-    has ``gpus`` GPUs and ``cores`` cores (by default as torch and the OS count them)."""
+    ``devices`` (processes on the CPU, GPUs otherwise; ``auto``: every GPU, or one CPU process) fit this
+    machine, which has ``gpus`` GPUs and ``cores`` cores (by default as torch and the OS count them)."""
     if accelerator not in ACCELERATORS:
         raise PetlabError(f"unknown accelerator={accelerator}: choose one of {', '.join(ACCELERATORS)}")
     gpus = gpu_count() if gpus is None else gpus
@@ -37,5 +37,5 @@ def check_devices(accelerator: str, devices: int | str, gpus: int | None = None,
         kind, available, unit = "cpu", cores, "CPU cores"
     if devices != "auto" and whole_number("devices", devices, 1) > available:
         raise PetlabError(f"devices={devices} but this machine has {available} {unit}: use devices={available} "
-                          "or fewer (devices=auto: all)")  # fmt: skip
+                          "or fewer (devices=auto: every GPU, or one CPU process)")  # fmt: skip
     return kind
