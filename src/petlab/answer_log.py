@@ -51,8 +51,9 @@ class PartWriter:
         self._file: TextIO | None = self.path.open("a", encoding="utf-8")
 
     def write(self, records: Iterable[Record]) -> None:
+        """Append ``records``, which come in input order (see ``petlab.prediction.answer_batch``)."""
         assert self._file is not None, "the part is closed"
-        self._file.write("".join(json.dumps(list(record)) + "\n" for record in sorted(records, key=lambda r: r[0])))
+        self._file.write("".join(json.dumps(list(record)) + "\n" for record in records))
         self._file.flush()
 
     def close(self) -> None:
@@ -80,12 +81,10 @@ def read_output(output_file: Path, positions: dict[str, int]) -> Iterator[Record
             yield positions.get(row["image"], -1), "", row
 
 
-def answered(output_file: Path | None) -> tuple[set[str], set[str]]:
+def answered(output_file: Path) -> tuple[set[str], set[str]]:
     """The images the output file and its parts hold answers for, and the picture stems these used."""
     images: set[str] = set()
     stems: set[str] = set()
-    if output_file is None:
-        return images, stems
     for _, stem, result in records_of(output_file, {}):
         images.add(result["image"])
         if stem:
