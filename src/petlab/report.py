@@ -155,15 +155,23 @@ def summarise(runs: pd.DataFrame, metric: str, also: Sequence[str] = ()) -> pd.D
     return table.sort_values(f"{metric} mean", ascending=lower_is_better(runs, metric)).round(4)
 
 
+def bar_labels(summary: pd.DataFrame, metric: str) -> list[str]:
+    """A summary row's configuration in a few characters: its values, numbers to 3 significant digits."""
+    keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
+    return [" ".join(f"{value:.3g}" if isinstance(value, float) else f"{value}" for value in row)
+            for row in summary[keys].itertuples(index=False)]  # fmt: skip
+
+
 def chart(sections: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
     """Bars of each summary, best configuration on top."""
     heights = [max(2.0, 0.45 * len(summary) + 1.0) for _, summary in sections]
-    figure = Figure(figsize=(8, sum(heights) + 0.4))
+    labels = {metric: bar_labels(summary, metric) for metric, summary in sections}
+    longest = max((len(label) for found in labels.values() for label in found), default=0)
+    # Wide enough for the labels (a search's rows name every searched value), within reason.
+    figure = Figure(figsize=(min(24.0, 5 + 0.075 * longest), sum(heights) + 0.4))
     for axes, (metric, summary) in zip(figure.subplots(len(sections), 1, squeeze=False, height_ratios=heights)[:, 0],
                                        sections, strict=True):  # fmt: skip
-        keys = [c for c in summary.columns if c not in ("runs", f"{metric} mean", f"{metric} std")]
-        labels = [" ".join(f"{v}" for v in row) for row in summary[keys].itertuples(index=False)]
-        axes.barh(labels, summary[f"{metric} mean"], xerr=summary[f"{metric} std"].fillna(0), color="tab:blue")
+        axes.barh(labels[metric], summary[f"{metric} mean"], xerr=summary[f"{metric} std"].fillna(0), color="tab:blue")
         axes.invert_yaxis()
         axes.set_xlabel(f"{metric} (mean ± std over seeds/folds)")
     figure.tight_layout()
