@@ -21,7 +21,7 @@ FLOORS = [
     ("petlab.resume", "petlab.preflight", "petlab.cli", "petlab.report", "petlab.sweep",
      "petlab.search.worker"),
     ("petlab.train", "petlab.__main__", "petlab.evaluate", "petlab.predict", "petlab.app", "petlab.export",
-     "petlab.bench", "petlab.web", "petlab.search.run"),
+     "petlab.bench", "petlab.web", "petlab.search.run", "petlab.audit"),
 ]  # fmt: skip
 
 

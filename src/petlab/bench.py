@@ -21,6 +21,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -424,6 +426,48 @@ def print_predict_results(results: dict[str, Any]) -> None:
     print(f"  peak memory {results['peak_rss_mb']} MB")
 
 
+AUDIT_SECTIONS = ("duplicates", "outliers", "annotations")  # what runs without training; --epochs adds labels
+
+
+def run_audit_bench(root: Path, model: str, image_size: int, epochs: int) -> dict[str, Any]:
+    """(f): ``petlab.audit`` on ``root`` (as a user runs it, in a subprocess): its seconds, and with
+    ``root/planted_faults.csv`` (``petlab.data.sample --plant-faults``) each section's precision and recall.
+    ``epochs`` > 0 adds the label-error section (3 folds of ``model`` at ``image_size``, ``epochs`` each)."""
+    from petlab.audit.scoring import score
+
+    sections = [*AUDIT_SECTIONS, *(["labels"] if epochs else [])]
+    with tempfile.TemporaryDirectory(prefix="petlab-bench-") as directory:
+        command = [sys.executable, "-m", "petlab.audit", f"data.root={root}", f"audit.sections=[{','.join(sections)}]",
+                   f"model={model}", f"data.image_size={image_size}", f"trainer.max_epochs={max(epochs, 1)}",
+                   "callbacks.progress_bar=null", f"hydra.run.dir={directory}/audit",
+                   f"paths.cache_dir={directory}/cache"]  # fmt: skip
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise PetlabError(f"petlab.audit failed on {root}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        images = sum(1 for _ in (root / "images").glob("*.jpg"))
+        results: dict[str, Any] = {"root": str(root), "task": "audit", "images": images, "sections": sections,
+                                   "seconds": round(seconds, 1),
+                                   "summary": [line for line in done.stdout.splitlines() if line.startswith(
+                                       tuple(f"{section}:" for section in sections))]}  # fmt: skip
+        planted = root / "planted_faults.csv"
+        if planted.is_file():
+            results["planted"] = score(Path(directory) / "audit", planted)
+    return results
+
+
+def print_audit_results(results: dict[str, Any]) -> None:
+    print(f"petlab bench: petlab.audit on {results['images']} images of {results['root']} "
+          f"({', '.join(results['sections'])}): {results['seconds']} s")  # fmt: skip
+    for line in results["summary"]:
+        print(f"  {line}")
+    for section, figures in results.get("planted", {}).items():
+        shown = ", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                          for name, value in figures.items())  # fmt: skip
+        print(f"  planted {section:<12} {shown}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -436,10 +480,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--task",
         default="species",
-        choices=[*config_options("task"), "predict"],
+        choices=[*config_options("task"), "predict", "audit"],
         help="any task of conf/task: its targets travel every pipeline, as their kinds say (default species); "
         "predict: petlab.predict's throughput over --root's photos against the model alone, for a species and a "
-        "segmentation model",
+        "segmentation model; audit: petlab.audit's time on --root, and with a planted sample (petlab.data.sample "
+        "--plant-faults) the precision and recall of each section",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="--task audit: also the label-error section, its folds trained this many epochs",
     )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -461,26 +512,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         args.images, args.image_size, args.steps, args.batch_size, args.repeats = 64, 64, 2, 16, 1
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
-    if args.task == "predict":
-        try:
-            results = run_predict_bench(args.root, args.model, args.image_size, args.batch_size, args.images,
-                                        2 if workers == "auto" else workers, args.steps, args.precision,
-                                        args.accelerator, args.repeats)  # fmt: skip
-        except PetlabError as error:
-            parser.exit(2, f"error: {error}\n")
-        if args.json:
-            print(json.dumps(results))
-        else:
-            print_predict_results(results)
-        return
+    if args.task == "audit":
+        run, show = partial(run_audit_bench, args.root, args.model, args.image_size, args.epochs), print_audit_results
+    elif args.task == "predict":
+        run = partial(run_predict_bench, args.root, args.model, args.image_size, args.batch_size, args.images,
+                      2 if workers == "auto" else workers, args.steps, args.precision, args.accelerator,
+                      args.repeats)  # fmt: skip
+        show = print_predict_results
+    else:
+        run = partial(run_bench, args.root, args.model, args.image_size, args.batch_size, args.images, workers,
+                      args.steps, args.precision, args.accelerator, args.repeats, args.task)  # fmt: skip
+        show = print_training_results
     try:
-        results = run_bench(args.root, args.model, args.image_size, args.batch_size, args.images, workers,
-                            args.steps, args.precision, args.accelerator, args.repeats, args.task)  # fmt: skip
+        results = run()
     except PetlabError as error:
         parser.exit(2, f"error: {error}\n")
     if args.json:
         print(json.dumps(results))
-        return
+    else:
+        show(results)
+
+
+def print_training_results(results: dict[str, Any]) -> None:
     print(f"petlab bench: task={results['task']}, {results['images']} images from {results['root']}, "
           f"{results['model']} at "
           f"{results['image_size']} px, batch {results['batch_size']}, workers: {results['notebook_workers']} (a), "

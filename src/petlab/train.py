@@ -145,6 +145,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **numerics(trainer, model),
         "best_checkpoint": best_path, "seconds": round(time.perf_counter() - started, 1),
     })  # fmt: skip
+    if datamodule.curation.files:  # which audit decisions (data.exclude, data.relabel) made this result
+        metrics["data_files"] = datamodule.curation.files
     if suggested_lr is not None:
         metrics["lr_find/suggestion"] = suggested_lr
     # Learning rates and the last batch's loss say nothing about the result.

@@ -17,8 +17,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from petlab.checks import whole_number
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import build_cache, cache_path, target_cache_path
+from petlab.data.curation import Curation
 from petlab.data.download import download_dataset
-from petlab.data.frame import Splitting, build_frame, stored_values
+from petlab.data.frame import Frame, Splitting, build_frame, stored_values
 from petlab.data.index import DEFAULT_MAX_IMAGE_PIXELS, allow_image_pixels
 from petlab.data.items import CachedImageDataset, ImageDataset, ItemTargets, Targets, by_key, collate
 from petlab.data.mixing import BatchMixing
@@ -113,6 +114,9 @@ class PetDataModule(L.LightningDataModule):
         progressive_resize: Mapping[str, Any] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        exclude: str | Path | None = None,
+        relabel: str | Path | None = None,
+        dedupe: str = "none",
     ) -> None:
         super().__init__()
         if targets is None:
@@ -133,6 +137,7 @@ class PetDataModule(L.LightningDataModule):
             raise PetlabError(f"data.upsample={upsample} balances the classes of one label; {what} is not one: set "
                               "data.upsample=none")  # fmt: skip
         self.root = Path(root).expanduser()
+        self.curation = Curation.from_options(exclude, relabel, dedupe)
         self.image_size, self.batch_size = image_size, batch_size
         self.num_workers = resolve_num_workers(num_workers, cached=bool(cache) and cache_dir is not None)
         self.splitting = Splitting(split, val_fraction, test_fraction, seed, folds, fold)
@@ -181,8 +186,7 @@ class PetDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frame is not None:  # the entry point sets up early to learn the classes
             return
-        built = build_frame(self.root, self.layout, self.keyed_targets, self.single, self.splitting, self.cache_dir,
-                            self.max_image_pixels)  # fmt: skip
+        built = self.read_frame()
         frame, fingerprint = built.frame, built.fingerprint
         self.class_names = sorted(frame["label"].unique())
         if self.cache:
@@ -210,6 +214,11 @@ class PetDataModule(L.LightningDataModule):
             notes.append(f"data.upsample={self.upsample}: training classes balanced to the largest class.")
         self.report = DataReport.build(frame, built.skipped, synthetic, notes)
         log.info(self.report.text())
+
+    def read_frame(self) -> Frame:
+        """The images this data would use, with their targets' values and splits (see :func:`build_frame`)."""
+        return build_frame(self.root, self.layout, self.keyed_targets, self.single, self.splitting, self.cache_dir,
+                           self.max_image_pixels, self.curation)  # fmt: skip
 
     def _transform(self, train: bool, size: int | None = None, side: int | None = None) -> ItemTransform:
         """Images resized to ``side`` and centre-cropped to ``size`` (by default the data's own); augmented

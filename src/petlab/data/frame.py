@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from petlab.data.curation import Curation
 from petlab.data.index import build_index, split_folders
 from petlab.data.splits import assign_splits
 from petlab.data.targets import Target, class_path
@@ -99,21 +100,25 @@ def carved_targets(frame: pd.DataFrame, targets: dict[str, Target], split: str) 
 
 def build_frame(
     root: Path, layout: str, targets: dict[str, Target], single: bool, splitting: Splitting,
-    cache_dir: Path | None = None, max_pixels: int | None = None,
+    cache_dir: Path | None = None, max_pixels: int | None = None, curation: Curation | None = None,
 ) -> Frame:  # fmt: skip
     """Index ``root``, read each target's annotations, keep the usable images, fit the targets (a label's
-    classes) and split; see the module's docstring."""
+    classes) and split; see the module's docstring. ``curation``: the images to exclude, the labels to
+    replace and the leaked copies to drop (see :mod:`petlab.data.curation`)."""
+    curation = curation or Curation()
     for key, target in targets.items():
         if problem := target.missing_from(root, layout):
             instead = "" if single else f", or leave {key} out of task.tasks"
             raise PetlabError(f"{reader(key, target, single)}: {problem}{instead}")
     index = build_index(root, cache_dir, layout, *([max_pixels] if max_pixels else []))
     fingerprint = index.attrs.get("fingerprint", "")
-    frame = index[index["readable"]].copy()
-    skipped = index.loc[~index["readable"], ["name", "problem"]]
+    kept, excluded, notes = curation.exclude_from(index)
+    frame = kept[kept["readable"]].copy()
+    skipped = pd.concat([kept.loc[~kept["readable"], ["name", "problem"]], excluded])
     for key, target in targets.items():
         found = annotations(target, root, layout, frame, cache_dir, fingerprint)
         frame[f"value/{key}"], frame[f"problem/{key}"] = found["value"], found["problem"]
+    notes += curation.relabel_in(frame, targets)
     carved = carved_targets(frame, targets, splitting.split)
     for key, target in targets.items():
         if single:
@@ -127,13 +132,13 @@ def build_frame(
     frame[STRATA] = strata(frame, targets, layout)
     if frame[STRATA].nunique() < 2 and single and next(iter(targets.values())).stratifies:
         raise PetlabError(f"{root} has only one class ({frame[STRATA].iloc[0]}); a classifier needs two")
-    notes = []
     frame["split"] = assign_splits(
         frame, STRATA, splitting.split, splitting.val_fraction, splitting.test_fraction, splitting.seed,
         splitting.folds, splitting.fold, carve_test=bool(carved),
     )  # fmt: skip
     unused = int((frame["split"] == "").sum())
-    frame = frame[frame["split"] != ""].copy()
+    frame, deduped = curation.dedupe_leaks(frame[frame["split"] != ""].copy())
+    notes += deduped
     if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
         raise PetlabError(f"{root} has too few images for a train and a validation split")
     for key, target in targets.items():
@@ -147,7 +152,7 @@ def build_frame(
         if description := target.describe(frame.loc[usable, f"value/{key}"]):
             notes.append(description)
     if unused:
-        notes.insert(0, f"{unused} images are in no split of data.split={splitting.split} and are not used.")
+        notes.append(f"{unused} images are in no split of data.split={splitting.split} and are not used.")
     for target in carved:
         notes.append(f"The official test images have no {target.what}: the test split is "
                      f"data.test_fraction={splitting.test_fraction} of the trainval images, by {STRATA}, "

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import track
 
@@ -158,8 +159,102 @@ def head_box_xml(name: str, breed: str, silhouette: Image.Image) -> str:
     )
 
 
-def generate_sample(root: Path, per_breed: int = 40, size: int = 64, seed: int = 0) -> Path:
+FLIP_FRACTION = 0.05
+COPY_FRACTION = 0.03
+COPY_EDITS = (
+    "re-encoded at quality 35",
+    "resized to 75%",
+    "cropped by 3% a side",
+    "brightened by 20% and resized to 80%",
+)
+
+
+def edited_copy(image: Image.Image, edit: str) -> tuple[Image.Image, int]:
+    """``image`` changed as ``edit`` (one of :data:`COPY_EDITS`) says, and the JPEG quality to save it at."""
+    width, height = image.size
+    if edit == COPY_EDITS[0]:
+        return image, 35
+    if edit == COPY_EDITS[1]:
+        return image.resize((round(width * 0.75), round(height * 0.75)), Image.BILINEAR), 92
+    if edit == COPY_EDITS[2]:
+        margin_x, margin_y = round(width * 0.03), round(height * 0.03)
+        return image.crop((margin_x, margin_y, width - margin_x, height - margin_y)), 92
+    brighter = Image.eval(image, lambda value: min(255, round(value * 1.2)))
+    return brighter.resize((round(width * 0.8), round(height * 0.8)), Image.BILINEAR), 92
+
+
+def plant_faults(root: Path, per_breed: int, seed: int) -> list[dict[str, str]]:
+    """Plant what an audit must find in a sample at ``root``, and list it (kind, name, original, detail):
+
+    - ``copy``: 3% of the images copied (re-encoded, resized, cropped or recoloured) under a new name of the
+      same breed, in the other official split: a leak;
+    - ``flipped``: 5% of the images with wrong species labels (a cat's and a dog's pictures, trimaps and
+      boxes swapped between their names);
+    - ``blank``: one nearly blank picture;
+    - ``annotation``: three head boxes moved off the pet.
+    """
+    rng = np.random.default_rng(seed + 1)
+    names = [f"{breed}_{n}" for breed in ALL_BREEDS for n in range(1, per_breed + 1)]
+    images, annotations = root / "images", root / "annotations"
+    planted, lists = [], {"trainval": [], "test": []}
+    order = rng.permutation(len(names))
+    copies, rest = order[: max(1, round(COPY_FRACTION * len(names)))], order[len(order) // 2 :]
+    for number, index in enumerate(copies):
+        original = names[index]
+        breed, n = original.rsplit("_", 1)
+        copy = f"{breed}_{per_breed + 1 + number}"
+        edit = COPY_EDITS[number % len(COPY_EDITS)]
+        with Image.open(images / f"{original}.jpg") as opened:
+            edited, quality = edited_copy(opened.convert("RGB"), edit)
+        edited.save(images / f"{copy}.jpg", quality=quality)
+        # The copy goes to the split its original is not in (an odd number is trainval).
+        lists["test" if int(n) % 2 else "trainval"].append(f"{copy} {class_id(breed)} {species_id(breed)} "
+                                                          f"{breed_id(breed)}")  # fmt: skip
+        planted.append({"kind": "copy", "name": copy, "original": original, "detail": edit})
+    # Flipped labels among the other half's trainval images (odd numbers: every one has a box to swap too).
+    trainval = [names[i] for i in rest if int(names[i].rsplit("_", 1)[1]) % 2]
+    cats = [name for name in trainval if species_of(name.rsplit("_", 1)[0]) == "cat"]
+    dogs = [name for name in trainval if species_of(name.rsplit("_", 1)[0]) == "dog"]
+    for cat, dog in list(zip(cats, dogs, strict=False))[: max(1, round(FLIP_FRACTION * len(names) / 2))]:
+        for folder, suffix in ((images, ".jpg"), (annotations / "trimaps", ".png"), (annotations / "xmls", ".xml")):
+            first, second = folder / f"{cat}{suffix}", folder / f"{dog}{suffix}"
+            first_bytes = first.read_bytes()
+            first.write_bytes(second.read_bytes())
+            second.write_bytes(first_bytes)
+        planted += [
+            {"kind": "flipped", "name": cat, "original": dog, "detail": "a dog's picture under a cat's name"},
+            {"kind": "flipped", "name": dog, "original": cat, "detail": "a cat's picture under a dog's name"},
+        ]
+    moved = [name for name in trainval if name not in {row["name"] for row in planted}][:3]
+    for name in moved:  # the box moved to the top-left corner: background in every drawn sample
+        xml = annotations / "xmls" / f"{name}.xml"
+        text = xml.read_text()
+        width = int(text.split("<width>")[1].split("<")[0])
+        corner = max(2, width // 8)
+        for tag, value in (("xmin", 1), ("ymin", 1), ("xmax", corner), ("ymax", corner)):
+            head, tail = text.split(f"<{tag}>")
+            text = f"{head}<{tag}>{value}{tail[tail.index('<') :]}"
+        xml.write_text(text)
+        planted.append({"kind": "annotation", "name": name, "original": "", "detail": "head box moved off the pet"})
+    breed = ALL_BREEDS[0]
+    blank = f"{breed}_{per_breed + len(copies) + 1}"
+    with Image.open(images / f"{names[0]}.jpg") as opened:
+        size = opened.size
+    noise = rng.normal(128, 2, (size[1], size[0], 3)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(noise).save(images / f"{blank}.jpg", quality=92)
+    lists["trainval"].append(f"{blank} {class_id(breed)} {species_id(breed)} {breed_id(breed)}")
+    planted.append({"kind": "blank", "name": blank, "original": "", "detail": "a grey picture with faint noise"})
+    for split, rows in lists.items():
+        for listed in (annotations / f"{split}.txt", annotations / "list.txt"):
+            with listed.open("a") as file:
+                file.write("".join(f"{row}\n" for row in rows))
+    return planted
+
+
+def generate_sample(root: Path, per_breed: int = 40, size: int = 64, seed: int = 0, faults: bool = False) -> Path:
     """Write the sample dataset to ``root`` (images/ and annotations/ as in the release) and return root.
+    With ``faults``, :func:`plant_faults` plants what an audit must find and lists it in
+    ``root/planted_faults.csv``.
 
     The dataset is built in a temporary sibling directory and moved into place at the end, so an interrupted
     run never leaves a half-made dataset behind. An existing ``root`` is never touched.
@@ -191,6 +286,11 @@ def generate_sample(root: Path, per_breed: int = 40, size: int = 64, seed: int =
         (staging / "annotations" / "list.txt").write_text(LIST_HEADER + "\n".join(rows) + "\n")
         (staging / "annotations" / "trainval.txt").write_text("\n".join(trainval) + "\n")
         (staging / "annotations" / "test.txt").write_text("\n".join(test) + "\n")
+        if faults:
+            planted = pd.DataFrame(
+                plant_faults(staging, per_breed, seed), columns=["kind", "name", "original", "detail"]
+            )
+            planted.to_csv(staging / "planted_faults.csv", index=False)
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,13 +307,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-breed", type=int, default=40, help="images per breed (default 40)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
+    parser.add_argument(
+        "--plant-faults",
+        action="store_true",
+        help="plant copies across splits, 5%% flipped species labels, a blank picture and moved head "
+        "boxes, listed in ROOT/planted_faults.csv (what python -m petlab.audit should find)",
+    )
     parser.add_argument("--if-missing", action="store_true", help="do nothing when --root already exists")
     args = parser.parse_args(argv)
     if args.if_missing and args.root.exists():
         print(f"Sample dataset already at {args.root}")
         return
     try:
-        root = generate_sample(args.root, args.per_breed, args.size, args.seed)
+        root = generate_sample(args.root, args.per_breed, args.size, args.seed, args.plant_faults)
     except (FileExistsError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Sample dataset written to {root} ({args.per_breed * len(ALL_BREEDS)} images)")

@@ -144,6 +144,12 @@ class Task(ABC):
         """Write the evaluation files and figures (see :class:`petlab.interpret.Evaluation`) from the kept test
         outputs; ``dataset`` is the evaluated split (``dataset.paths``, ``dataset[i]`` = (image, target))."""
 
+    def label_probabilities(self, kept: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+        """For the audit's label errors: the class probabilities (N, classes) and given labels (N; a negative
+        one for an image without) in :meth:`kept_for_evaluation`'s ``kept``, and the class names. None (the
+        default): the task learns no single label per image, and the audit skips that section saying so."""
+        return None
+
     # Answers for new images: computed with numpy from the network's outputs, so that petlab.predict, the
     # page and an exported page (which has no torch) give the same answers from the same code.
 

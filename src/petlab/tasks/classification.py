@@ -94,6 +94,9 @@ class Classification(Task):
     def kept_for_evaluation(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"probabilities": outputs.softmax(dim=1), "targets": targets}
 
+    def label_probabilities(self, kept: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        return kept["probabilities"], kept["targets"], self.class_names
+
     def write_evaluation(self, evaluation: Evaluation, kept: dict[str, torch.Tensor], dataset: Any) -> None:
         labelled = kept["targets"] != NO_LABEL
         paths = [path for path, keep in zip(dataset.paths, labelled.tolist(), strict=False) if keep]
