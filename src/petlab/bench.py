@@ -445,7 +445,8 @@ def run_audit_bench(root: Path, model: str, image_size: int, epochs: int) -> dic
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if done.returncode != 0:
-            raise PetlabError(f"petlab.audit failed on {root}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            said = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+            raise PetlabError(f"petlab.audit failed on {root}: {said[-1].split('error: ', 1)[-1]}")
         images = sum(1 for _ in (root / "images").glob("*.jpg"))
         results: dict[str, Any] = {"root": str(root), "task": "audit", "images": images, "sections": sections,
                                    "seconds": round(seconds, 1),

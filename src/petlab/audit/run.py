@@ -80,9 +80,9 @@ def annotations_section(frame: pd.DataFrame, root: Path, layout: str, sheet_rows
     checked = annotation_problems(frame, root)
     section.table = checked[checked["problem"] != ""].reset_index(drop=True)
     both = int(checked["box_on_pet"].notna().sum())
+    share = f"; median share of the box on the pet {np.nanmedian(checked['box_on_pet']):.2f}" if both else ""
     section.summary = (f"{len(section.table)} images with annotation problems ({both} images have a head box and "
-                       f"a trimap; median share of the box on the pet "
-                       f"{np.nanmedian(checked['box_on_pet']) if both else float('nan'):.2f})")  # fmt: skip
+                       f"a trimap{share})")  # fmt: skip
     tiles = [Tile(row.path, caption(row, row.problem), "red") for row in section.table.itertuples()]
     section.rows = wrapped(tiles)[:sheet_rows]
     return section
