@@ -7,7 +7,7 @@ SAMPLE := data/sample-pets
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample demo train test test-fast bench app lint format tensorboard clean
+.PHONY: help install sample demo train audit test test-fast bench app lint format tensorboard clean
 
 help: ## Show this list of targets
 	@echo "Usage: make TARGET [ARGS='hydra overrides']"
@@ -30,6 +30,9 @@ demo: sample ## Install, generate the sample, train ResNet34 on species (~2 min 
 
 train: $(STAMP) ## Train with Hydra overrides, e.g. make train ARGS="task=breed model=resnet50"
 	$(BIN)/python -m petlab $(ARGS)
+
+audit: $(STAMP) ## Audit a dataset (duplicates, leaks, label errors, outliers), e.g. make audit ARGS="data=sample"
+	$(BIN)/python -m petlab.audit $(ARGS)
 
 test: $(STAMP) ## Run the test suite (what CI runs)
 	$(BIN)/python -m pytest $(ARGS)
