@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from petlab.checkpoint import checkpoint_datamodule, load_checkpoint
 from petlab.errors import PetlabError
+from petlab.resume import quoted
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def fold_runs(folds_dir: Path, folds: int, overrides: list[str], cwd: Path) -> l
     if not list(folds_dir.glob("*/metrics.json")):
         whole = f"data.fold={','.join(str(fold) for fold in range(folds))}"
         command = [sys.executable, "-m", "petlab", "-m", *overrides, f"data.folds={folds}", whole, "test=false",
-                   f"hydra.sweep.dir={folds_dir}"]  # fmt: skip
+                   f"hydra.sweep.dir={quoted(folds_dir)}"]  # fmt: skip
         log.info(f"Label errors: training {folds} folds into {folds_dir}")
         if subprocess.run(command, cwd=cwd).returncode != 0:
             raise PetlabError(f"the k-fold trainings in {folds_dir} failed (see above): fix the options, or skip this "
