@@ -66,6 +66,15 @@ def test_a_bare_resume_continues_the_run_as_configured_and_keeps_its_record(tmp_
     assert len(list((run / ".hydra").glob("resume-*"))) == 1  # a refused resume leaves no record
     assert digests(run / ".hydra") == record
 
+    # The run is finished (2 of its 2 epochs): resuming it again changes nothing and says how to train on.
+    results = hashlib.sha1((run / "metrics.json").read_bytes()).hexdigest()
+    again = petlab(tmp_path, "ckpt_path=last")
+    output = again.stdout + again.stderr
+    assert again.returncode == 2 and "is finished: it trained its 2 epochs" in output, output[-2000:]
+    assert "trainer.max_epochs" in output and "Traceback" not in output
+    assert hashlib.sha1((run / "metrics.json").read_bytes()).hexdigest() == results
+    assert len(list((run / ".hydra").glob("resume-*"))) == 1
+
     nowhere = petlab(tmp_path, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'nowhere'}")
     assert nowhere.returncode == 2 and f"looked at {tmp_path / 'nowhere'}" in nowhere.stderr
 

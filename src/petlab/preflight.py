@@ -4,6 +4,7 @@ resume that could not continue, refused in one line before anything is built, re
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,7 +74,41 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
     task = {key: value for key, value in OmegaConf.to_container(cfg.task, resolve=True).items()
             if key not in ("target", "configs") and value is not None}  # fmt: skip
     check_resume(settings, {**model, "task": task, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
+    refuse_finished_run(content, Path(cfg.ckpt_path), cfg.trainer.get("max_epochs"))
     return settings
+
+
+def trained_epochs(checkpoint: dict[str, Any]) -> int | None:
+    """The epochs a Lightning checkpoint's fit loop had completed (None for a checkpoint without its loops)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def stopped_early(checkpoint: dict[str, Any]) -> bool:
+    return any(name.startswith("EarlyStopping") and (state or {}).get("stopped_epoch", 0) > 0
+               for name, state in (checkpoint.get("callbacks") or {}).items())  # fmt: skip
+
+
+def refuse_finished_run(checkpoint: dict[str, Any], path: Path, max_epochs: int | None) -> None:
+    """A run that finished (its ``metrics.json`` written after ``max_epochs`` epochs, or after early stopping) is
+    left as it is: resuming it would train nothing and rewrite its results without the validation figures."""
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    epochs = trained_epochs(checkpoint)
+    if run_dir is None or not (run_dir / "metrics.json").is_file() or epochs is None:
+        return
+    limited = max_epochs is not None and max_epochs >= 0
+    if stopped_early(checkpoint):
+        raise PetlabError(
+            f"{run_dir} is finished: early stopping ended it after {epochs} epochs, and nothing was changed; to "
+            f"train it on, resume with callbacks.early_stopping=null trainer.max_epochs=N (N > {epochs})"
+        )
+    if limited and epochs >= max_epochs:
+        raise PetlabError(
+            f"{run_dir} is finished: it trained its {epochs} epochs (trainer.max_epochs={max_epochs}), and nothing "
+            f"was changed; to train it on, resume with a larger trainer.max_epochs (e.g. {epochs + 10})"
+        )
 
 
 def check_optimizer(cfg: DictConfig) -> None:
