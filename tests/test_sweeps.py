@@ -165,6 +165,23 @@ def test_a_run_with_a_truncated_metrics_file_is_listed_unreadable_and_the_others
     assert runs.loc[0, "val/acc_best"] == 0.75 and runs.loc[1, "status"] == "unreadable"
 
 
+def test_runs_without_the_ranked_metric_are_said_so_in_words(tmp_path: Path):
+    hydra = tmp_path / "sweep" / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text(
+        yaml.safe_dump({"task": {"name": "species"}, "model": {"backbone": {"name": "cnn"}}})
+    )
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump(["seed=0"]))
+    (hydra.parent / "metrics.json").write_text(json.dumps({"monitor": "val/acc", "test/acc": 0.9}))
+    result = subprocess.run([sys.executable, "-m", "petlab.report", str(tmp_path / "sweep")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        "None of the 1 completed runs records val/acc_best" in result.stdout and "Empty DataFrame" not in result.stdout
+    )
+    assert "--metric (test/acc)" in result.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launchers_run_the_jobs_in_their_own_processes(project: Path, launcher: str):

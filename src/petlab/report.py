@@ -178,6 +178,16 @@ def chart(sections: Sequence[tuple[str, pd.DataFrame]]) -> Figure:
     return figure
 
 
+def missing(runs: pd.DataFrame, metric: str) -> str:
+    """Why a summary by ``metric`` is empty, in words."""
+    completed = runs[runs["status"] == "completed"]
+    if completed.empty:
+        return f"No run completed ({len(runs)} runs: {', '.join(sorted(set(runs['status'])))}): nothing to rank."
+    have = sorted(column for column in completed.columns if is_metric(column) and completed[column].notna().any())
+    return (f"None of the {len(completed)} completed runs records {metric} in its metrics.json; rank them by one "
+            f"they have with --metric ({', '.join(have) or 'they have none'}).")  # fmt: skip
+
+
 def write_report(
     runs: pd.DataFrame, output_dir: Path, metric: str | None, also: Sequence[str] = ()
 ) -> list[tuple[str, pd.DataFrame]]:  # fmt: skip
@@ -189,7 +199,7 @@ def write_report(
     write_text_atomic(output_dir / "report.csv", runs.to_csv(index=False))
     markdown = []
     for name, summary in sections:
-        overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else "(no completed run)"
+        overview = markdown_table(summary.set_index(summary.columns[0])) if len(summary) else missing(runs, name)
         markdown += [f"## Summary: {name}", overview]
     markdown += ["## Runs", markdown_table(runs.set_index("run"))]
     write_text_atomic(output_dir / "report.md", "\n\n".join(markdown) + "\n")
@@ -235,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(runs.drop(columns=["error", "monitor", "monitor_mode", "directions"]).to_string(index=False))
         for metric, summary in sections:
             print(f"\nBy configuration ({metric}):")
-            print(summary.to_string(index=False))
+            print(summary.to_string(index=False) if len(summary) else missing(runs, metric))
     counts = runs["status"].value_counts().to_dict()
     print(f"\n{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); report in {output}/report.*")
 
