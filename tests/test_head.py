@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -174,6 +175,22 @@ def test_the_official_split_carves_the_head_test_split_from_boxed_trainval_image
     assert set(module.frame["name"]) <= trainval  # the release's test images have no box
     assert set(module.frame.loc[module.frame["split"] == "test", "species"]) == {"cat", "dog"}
     assert any("have no head boxes" in note for note in module.report.notes)
+
+
+def test_official_test_images_that_have_boxes_are_the_test_split_alone_and_jointly(sample_root: Path, tmp_path: Path):
+    root = tmp_path / "boxed"
+    shutil.copytree(sample_root, root)
+    test_names = (root / "annotations" / "test.txt").read_text().split()[::4]
+    for name in test_names:  # a release whose test images have head boxes too
+        breed, number = name.rsplit("_", 1)
+        source = (root / "annotations" / "xmls" / f"{breed}_{int(number) - 1}.xml").read_text()
+        (root / "annotations" / "xmls" / f"{name}.xml").write_text(source.replace(f"{breed}_{int(number) - 1}", name))
+    for target in ("box", ["species", "box"]):
+        module = tiny_data(root, tmp_path, target, split="official")
+        notes = " ".join(module.report.notes)
+        assert set(module.frame.loc[module.frame["split"] == "test", "name"]) == set(test_names), target
+        assert "have no head boxes" not in notes and "in no split" not in notes, notes
+        assert "The test split for head boxes is the official test images that have them (all)." in notes
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="the shared real sample is not beside this checkout")

@@ -98,6 +98,22 @@ def carved_targets(frame: pd.DataFrame, targets: dict[str, Target], split: str) 
     return [target for key, target in targets.items() if (frame.loc[test, f"problem/{key}"] != "").all()]
 
 
+def official_test_notes(frame: pd.DataFrame, targets: dict[str, Target], carved: list[Target], split: str) -> list[str]:
+    """Which official test images a target's test split has, for the targets an image may lack (boxes, masks):
+    as the annotations present decide, never as a release is assumed to be."""
+    test = frame["split"] == "test"
+    if split != "official" or not test.any():
+        return []
+    notes = []
+    for key, target in targets.items():
+        if target.stratifies or target in carved:
+            continue
+        having = int((frame.loc[test, f"problem/{key}"] == "").sum())
+        whole = "all" if having == int(test.sum()) else f"{having} of the {int(test.sum())}"
+        notes.append(f"The test split for {target.what} is the official test images that have them ({whole}).")
+    return notes
+
+
 def build_frame(
     root: Path, layout: str, targets: dict[str, Target], single: bool, splitting: Splitting,
     cache_dir: Path | None = None, max_pixels: int | None = None, curation: Curation | None = None,
@@ -153,6 +169,7 @@ def build_frame(
             notes.append(description)
     if unused:
         notes.append(f"{unused} images are in no split of data.split={splitting.split} and are not used.")
+    notes += official_test_notes(frame, targets, carved, splitting.split)
     for target in carved:
         notes.append(f"The official test images have no {target.what}: the test split is "
                      f"data.test_fraction={splitting.test_fraction} of the trainval images, by {STRATA}, "
