@@ -137,3 +137,30 @@ def test_an_exported_joint_model_gives_one_named_output_per_task(joint_run: Path
     assert len(actual) == len(expected) == 4
     for values, wanted in zip(actual, expected, strict=True):
         np.testing.assert_allclose(values, wanted, atol=1e-4)
+
+
+def test_a_joint_report_lists_which_images_lost_a_target_and_why(sample_root: Path, tmp_path: Path):
+    import shutil
+
+    import pandas as pd
+
+    from conftest import tiny_data
+
+    root = tmp_path / "broken"
+    shutil.copytree(sample_root, root)
+    trimap = root / "annotations" / "trimaps" / "Bengal_1.png"
+    trimap.write_bytes(trimap.read_bytes()[:60])  # truncated
+    xml = root / "annotations" / "xmls" / "beagle_1.xml"
+    text = xml.read_text()
+    start, end = text.index("<object>"), text.index("</object>") + len("</object>")
+    xml.write_text(text[:end] + text[start:end] + text[end:])  # two head boxes
+    module = tiny_data(root, tmp_path, ["species", "trimap", "box"])
+    module.report.save(tmp_path / "run")
+    listed = pd.read_csv(tmp_path / "run" / "data_skipped.csv").set_index("name")
+    assert (
+        listed.loc["Bengal_1", "kept"]
+        and "kept without trimaps for the trimap task: trimap cannot be read" in (listed.loc["Bengal_1", "problem"])
+    )
+    assert "kept without head boxes for the box task: 2 head boxes" in listed.loc["beagle_1", "problem"]
+    report = (tmp_path / "run" / "data_report.md").read_text()
+    assert "## Images kept without one of their targets" in report and "beagle_1" in report

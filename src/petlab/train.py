@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule.report.log_to(experiment)
     suggested_lr = find_learning_rate(cfg, model, datamodule, trainer) if cfg.get("tune", {}).get("lr_find") else None
     params = model.parameter_counts()
-    log.info(f"{cfg.model.backbone.name} with the {cfg.task.name} head: {params['total']:,} parameters "
+    log.info(f"{cfg.model.backbone.name} with task {cfg.task.name}'s output layers: {params['total']:,} parameters "
              f"({params['trainable']:,} trainable); {describe_numerics(trainer, model)}")  # fmt: skip
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 

@@ -212,7 +212,7 @@ class PetDataModule(L.LightningDataModule):
         notes = built.notes
         if self.upsample != "none":
             notes.append(f"data.upsample={self.upsample}: training classes balanced to the largest class.")
-        self.report = DataReport.build(frame, built.skipped, synthetic, notes)
+        self.report = DataReport.build(frame, built.skipped, synthetic, notes, built.lacking)
         log.info(self.report.text())
 
     def read_frame(self) -> Frame:

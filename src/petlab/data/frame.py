@@ -49,6 +49,8 @@ class Frame:
     skipped: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    #: A joint task's images kept without one of their targets (name, problem: which task and why).
+    lacking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["name", "problem"]))
 
 
 def stored_column(key: str) -> str:
@@ -157,14 +159,21 @@ def build_frame(
     notes += deduped
     if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
         raise PetlabError(f"{root} has too few images for a train and a validation split")
+    lacking = pd.DataFrame(columns=["name", "problem"])
     for key, target in targets.items():
         usable = frame[f"problem/{key}"] == ""
         target.fit(frame.loc[usable, f"value/{key}"])
         frame[stored_column(key)] = [target.stored(value) if ok else target.stored("")
                                      for value, ok in zip(frame[f"value/{key}"], usable, strict=True)]  # fmt: skip
         if not single and not usable.all():
-            notes.append(f"{int((~usable).sum())} of the {len(frame)} images have no usable {target.what}: "
-                         f"the {key} task learns and is measured without them.")  # fmt: skip
+            notes.append(
+                f"{int((~usable).sum())} of the {len(frame)} images have no usable {target.what}: the {key} task "
+                "learns and is measured without them (which and why: data_skipped.csv)."
+            )
+            without = frame.loc[~usable, ["name"]].assign(
+                problem=f"kept without {target.what} for the {key} task: " + frame.loc[~usable, f"problem/{key}"]
+            )
+            lacking = pd.concat([lacking, without], ignore_index=True)
         if description := target.describe(frame.loc[usable, f"value/{key}"]):
             notes.append(description)
     if unused:
@@ -177,7 +186,7 @@ def build_frame(
     if layout == "folder" and splitting.split == "official":
         notes.append(split_folder_note(root))
     warn_skipped(skipped)
-    return Frame(frame, skipped, notes, fingerprint)
+    return Frame(frame, skipped, notes, fingerprint, lacking)
 
 
 def warn_skipped(skipped: pd.DataFrame) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,21 +24,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 @dataclass
 class DataReport:
-    """``counts``: images per class (rows) and split (columns); ``skipped``: file name and reason."""
+    """``counts``: images per class (rows) and split (columns); ``skipped``: file name and reason; ``lacking``:
+    images a joint task keeps without one of its targets, and why."""
 
     counts: pd.DataFrame
     skipped: pd.DataFrame
     notes: list[str]
+    lacking: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["name", "problem"]))
 
     @classmethod
-    def build(cls, frame: pd.DataFrame, skipped: pd.DataFrame, synthetic: dict[str, int], notes: list[str]):
+    def build(cls, frame: pd.DataFrame, skipped: pd.DataFrame, synthetic: dict[str, int], notes: list[str],
+              lacking: pd.DataFrame | None = None):  # fmt: skip
         counts = pd.crosstab(frame["label"], frame["split"])
         if synthetic:
             counts["synthetic"] = pd.Series(synthetic).reindex(counts.index).fillna(0).astype(int)
         counts = counts[[c for c in SPLIT_ORDER if c in counts.columns]]
         counts.loc["total"] = counts.sum()
         counts.index.name = "class"
-        return cls(counts, skipped.reset_index(drop=True), notes)
+        lacking = pd.DataFrame(columns=["name", "problem"]) if lacking is None else lacking.reset_index(drop=True)
+        return cls(counts, skipped.reset_index(drop=True), notes, lacking)
 
     def text(self) -> str:
         parts = ["Images per class and split:", self.counts.to_string()]
@@ -51,6 +55,8 @@ class DataReport:
         parts = ["## Images per class and split", markdown_table(self.counts)]
         if len(self.skipped):
             parts += ["## Skipped files", markdown_table(self.skipped.set_index("name"))]
+        if len(self.lacking):
+            parts += ["## Images kept without one of their targets", markdown_table(self.lacking.set_index("name"))]
         return "\n\n".join(parts + self.notes) + "\n"
 
     def figure(self) -> Figure:
@@ -69,8 +75,9 @@ class DataReport:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "data_report.md").write_text(self.markdown())
         self.counts.to_csv(output_dir / "data_counts.csv")
-        if len(self.skipped):
-            self.skipped.to_csv(output_dir / "data_skipped.csv", index=False)
+        listed = pd.concat([self.skipped.assign(kept=False), self.lacking.assign(kept=True)], ignore_index=True)
+        if len(listed):
+            listed.to_csv(output_dir / "data_skipped.csv", index=False)
 
     def log_to(self, experiment: object) -> None:
         """Log to a TensorBoard SummaryWriter (a TensorBoardLogger's ``experiment``)."""
