@@ -164,3 +164,25 @@ def test_a_joint_report_lists_which_images_lost_a_target_and_why(sample_root: Pa
     assert "kept without head boxes for the box task: 2 head boxes" in listed.loc["beagle_1", "problem"]
     report = (tmp_path / "run" / "data_report.md").read_text()
     assert "## Images kept without one of their targets" in report and "beagle_1" in report
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("task.tasks=species", "task.tasks=species must be a list of two or more tasks"),
+        ("task.weights=abc", "task.weights=abc must be a list of numbers, one per task of task.tasks (4)"),
+        ("task.options=abc", "task.options=abc must give each task of task.tasks its keys"),
+        ("+task.options.head_box.nosuchkey=1", "task=head_box has no setting task.options.head_box.nosuchkey: its "
+         "settings are target, hidden"),
+    ],
+)  # fmt: skip
+def test_a_plain_value_where_a_list_or_mapping_is_expected_names_the_option(
+    sample_root: Path, tmp_path: Path, override: str, message: str
+):
+    from conftest import compose_config
+    from petlab.cli import user_error
+    from petlab.tasks.base import build_task
+
+    with pytest.raises(Exception) as caught:  # composing resolves task.configs, building checks the rest
+        build_task(compose_config(sample_root, tmp_path / "run", ["task=joint", override]).task)
+    assert message in str(user_error(caught.value))

@@ -28,7 +28,14 @@ def task_configs(names: Sequence[str], options: Mapping[str, Any] | None = None)
     """The config of each task ``conf/task/NAME.yaml`` as a single run of it composes it (with the search path
     of this run: a ``--config-dir`` of the user's included), with ``options[NAME]`` on top: the tasks of
     ``task=joint``."""
-    names, options = [str(name) for name in plain(names) or []], plain(options) or {}
+    names, options = plain(names), plain(options) or {}
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise PetlabError(f"task.tasks={names} must be a list of two or more tasks of conf/task/, e.g. "
+                          "task.tasks=[species,segmentation]")  # fmt: skip
+    if not isinstance(options, Mapping):
+        raise PetlabError(f"task.options={options} must give each task of task.tasks its keys, e.g. "
+                          "task.options.segmentation.classes=trimap")  # fmt: skip
+    names = [str(name) for name in names]
     if not all(isinstance(settings, Mapping) for settings in options.values()):
         raise PetlabError(f"task.options={options} must give each task's keys, e.g. task.options.species.dropout=0.2")
     composed = _composed(tuple(names), json.dumps(options, sort_keys=True), *_search_path())

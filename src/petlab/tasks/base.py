@@ -11,6 +11,7 @@ config file, in petlab or in a package of the user's own (see the README, "Add a
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -236,6 +237,13 @@ def build_task(config: Any) -> Task:
                           "or put it on PYTHONPATH") from error  # fmt: skip
     if not (isinstance(task_class, type) and issubclass(task_class, Task)):
         raise PetlabError(f"task._target_={target} is not a petlab task (a subclass of petlab.tasks.Task)")
+    accepted = inspect.signature(task_class.__init__).parameters
+    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in accepted.values()):
+        unknown = sorted(key for key in config if not key.startswith("_") and key not in accepted)
+        if unknown:
+            keys = ", ".join(f"task.{key}" for key in unknown)
+            settings = ", ".join(key for key in accepted if key not in ("self", "name"))
+            raise PetlabError(f"task={name} has no setting {keys}: its settings are {settings}")
     try:
         return instantiate(config, _convert_="all")
     except InstantiationException as error:

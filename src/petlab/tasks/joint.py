@@ -98,6 +98,12 @@ class Joint(Task):
         self, name: str, tasks: Sequence[str], configs: Mapping[str, Any], weights: Sequence[float] | None = None,
         monitor: str = "val/loss", mode: str | None = None, options: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
+        if isinstance(tasks, str) or not isinstance(tasks, Sequence):
+            raise PetlabError(f"task.tasks={tasks} must be a list of two or more tasks of conf/task/, e.g. "
+                              "task.tasks=[species,segmentation]")  # fmt: skip
+        if weights is not None and (isinstance(weights, str) or not isinstance(weights, Sequence)):
+            raise PetlabError(f"task.weights={weights} must be a list of numbers, one per task of task.tasks "
+                              f"({len(tasks)}), e.g. task.weights=[{','.join(['1'] * len(tasks))}]")  # fmt: skip
         names = [str(task) for task in tasks]
         if len(names) < 2 or len(set(names)) != len(names):
             raise PetlabError(f"task.tasks={names} must name two or more different tasks of conf/task/")
