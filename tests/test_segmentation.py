@@ -219,3 +219,5 @@ def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentatio
     np.testing.assert_allclose(actual, expected, atol=1e-4)
     assert "per-pixel logits" in sidecar["output"] and sidecar["trimap_values"] == {"background": 2, "pet": 1}
     assert sidecar["input_size"] == checkpoint.side and "whole image" in sidecar["preprocess"]
+    assert "Image.BILINEAR" in sidecar["resize"] and "Image.draft" in sidecar["resize"]
+    assert "align_corners=False" in sidecar["output"]

@@ -86,12 +86,16 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
     size = side if checkpoint.task.spatial else crop
     preprocess = (f"resize the whole image to {side}x{side}" if checkpoint.task.spatial
                   else f"resize to {side}x{side}, centre crop {crop}x{crop}")  # fmt: skip
+    # The same pixels as petlab.predict only with the same decoding and resampling: say exactly which.
+    resize = (f"decode a JPEG at the smallest of Pillow's draft scales (1/2 to 1/8) that keeps both sides at least "
+              f"{side} (Image.draft), convert to RGB, then Image.resize(({side}, {side}), Image.BILINEAR): Pillow's "
+              "bilinear filter, which antialiases when shrinking (its support widens with the scale)")  # fmt: skip
     example = torch.rand(2, 3, size, size)
     output.parent.mkdir(parents=True, exist_ok=True)
     outputs = checkpoint.task.export_spec()
     spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
             "input_size": size, "side": side, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
-            "preprocess": preprocess, **outputs, "answerer": checkpoint.task.answerer().spec(),
+            "preprocess": preprocess, "resize": resize, **outputs, "answerer": checkpoint.task.answerer().spec(),
             "checkpoint": str(checkpoint.path), **(sidecar or {})}  # fmt: skip
     with torch.no_grad():
         if file_format == "torchscript":

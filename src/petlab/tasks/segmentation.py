@@ -157,7 +157,9 @@ class Segmentation(Task):
 
     def export_spec(self) -> dict[str, Any]:
         return {"class_names": self.class_names,
-                "output": "per-pixel logits, shape (N, classes, H, W): resize them to the image's size",
+                "output": "per-pixel logits, shape (N, classes, H, W): resize them to the image's size bilinearly "
+                          "without antialiasing, as torch.nn.functional.interpolate(mode='bilinear', "
+                          "align_corners=False) does, then take the best class of each pixel",
                 "output_names": ["logits"],
                 "trimap_values": {name: TRIMAP_VALUE[name] for name in self.class_names}}  # fmt: skip
 
