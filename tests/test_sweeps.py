@@ -39,6 +39,18 @@ def sweep_dir(project: Path) -> Path:
     return directory
 
 
+def test_a_long_sweep_label_ends_between_pairs_and_says_how_many_more(monkeypatch):
+    from petlab.config import share_fixed_keys, sweep_label
+
+    monkeypatch.delenv("PETLAB_SWEEP_FIXED_KEYS", raising=False)
+    share_fixed_keys([])
+    pairs = [f"data.augment.key_{n}=0.{n}23456" for n in range(8)]
+    label = sweep_label(pairs)
+    shown = label.split("+")
+    assert len(label) <= 110 and shown[-1].endswith("-more") and int(shown[-1].split("-")[0]) == 8 - len(shown) + 1
+    assert all(part in [p.replace("=", "-") for p in pairs] for part in shown[:-1])
+
+
 def test_sweep_labels_are_safe_folder_names_and_hydra_values(monkeypatch):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -75,6 +75,9 @@ def share_fixed_keys(overrides: list[str]) -> None:
     os.environ[FIXED_KEYS_VARIABLE] = json.dumps([o.key_or_group for o in parsed if not o.is_sweep_override()])
 
 
+LABEL_LENGTH = 100
+
+
 def sweep_label(overrides: Any) -> str:
     """A sweep job's overrides minus those every job shares, e.g. ``task-breed+model-cnn``.
 
@@ -84,4 +87,10 @@ def sweep_label(overrides: Any) -> str:
     fixed = set(json.loads(os.environ.get(FIXED_KEYS_VARIABLE, "[]")))
     varied = [str(item).lstrip("+~") for item in overrides]
     varied = [item for item in varied if item.split("=", 1)[0] not in fixed]
-    return "+".join(re.sub(r"[^A-Za-z0-9._-]+", "-", item).strip("-") for item in varied)[:120]
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", item).strip("-") for item in varied]
+    # Whole key-value pairs up to LABEL_LENGTH, then how many more: a name is never cut inside a key.
+    label = parts[0][:LABEL_LENGTH] if parts else ""
+    kept = 1 if parts else 0
+    while kept < len(parts) and len(label) + 1 + len(parts[kept]) <= LABEL_LENGTH:
+        label, kept = f"{label}+{parts[kept]}", kept + 1
+    return label + (f"+{len(parts) - kept}-more" if kept < len(parts) else "")
