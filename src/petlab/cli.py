@@ -28,7 +28,9 @@ failed_jobs: list[str] = []
 
 # Lightning's start-up chatter: kept in the run's log file, left off the console.
 CHATTER = ("GPU available", "TPU available", "HPU available", "Trainer already configured",
-           "Loading `train_dataloader`", "`Trainer.fit` stopped", "Loaded model weights", "Seed set to")  # fmt: skip
+           "Loading `train_dataloader`", "`Trainer.fit` stopped", "Loaded model weights", "Seed set to",
+           "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
+           "Restoring states from the checkpoint path", "Restored all states from the checkpoint")  # fmt: skip
 
 
 def console_filter(record: logging.LogRecord) -> bool:
@@ -60,6 +62,10 @@ def quiet_console() -> None:
     # summary sizing weights in bits under mixed precision (weights stay fp32).
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     warnings.filterwarnings("ignore", message="Precision .* is not supported by the model summary")
+    # Lightning guessing at a SLURM job on a machine that merely has srun (petlab's SLURM launchers set up
+    # their jobs themselves), and at a logging interval longer than a small dataset's epoch (logged at its end).
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 
 
 def plugins(cfg: DictConfig) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -124,6 +124,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.data_config = OmegaConf.to_container(cfg.data, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    for stopper in (cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping) and cb.stopped_epoch):
+        log.info(
+            f"Early stopping: {stopper.monitor} did not improve on {float(stopper.best_score):.4f} for "
+            f"{stopper.patience} validations, so training stopped after {trainer.current_epoch} of "
+            f"trainer.max_epochs={trainer.max_epochs} epochs (set callbacks.early_stopping.patience, or "
+            "callbacks.early_stopping=null to train them all)"
+        )
     metrics: dict[str, Any] = scalar_metrics(trainer)
     checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
