@@ -221,3 +221,22 @@ def test_an_exported_segmentation_model_gives_the_checkpoints_logits(segmentatio
     assert sidecar["input_size"] == checkpoint.side and "whole image" in sidecar["preprocess"]
     assert "Image.BILINEAR" in sidecar["resize"] and "Image.draft" in sidecar["resize"]
     assert "align_corners=False" in sidecar["output"]
+
+
+def test_a_huge_photos_mask_is_computed_at_the_working_size_and_scaled_up_whole(tmp_path: Path):
+    from petlab.answers.segmentation import WORKING_SIDE, PetArea
+
+    answerer = PetArea(["background", "pet", "border"], {"background": 2, "pet": 1, "border": 3})
+    logits = np.zeros((3, 8, 8), dtype=np.float32)
+    logits[1, :, :4] = 5  # the left half is the pet
+    photo = Image.new("RGB", (6000, 3000), (90, 120, 200))
+    answer = answerer.answer(logits, photo, 3, tmp_path, "huge")
+    mask = np.asarray(Image.open(answer["mask"]))
+    assert mask.shape == (3000, 6000) and set(np.unique(mask)) == {1, 2}  # the photo's size, trimap values
+    # Bilinear logits put the edge half a logit column right of the middle: 4.5 of 8 columns.
+    assert answer["pet_fraction"] == pytest.approx(4.5 / 8, abs=0.01) and (mask == 1).mean() == pytest.approx(
+        answer["pet_fraction"], abs=0.01
+    )
+    assert max(Image.open(answer["overlay"]).size) == WORKING_SIDE
+    small = answerer.answer(logits, Image.new("RGB", (400, 300)), 3, tmp_path, "small")
+    assert Image.open(small["overlay"]).size == (400, 300)  # a usual photo: at its own size

@@ -125,6 +125,7 @@ def check_options(cfg: DictConfig) -> None:
     if not isinstance(cfg.host, str) or not cfg.host:
         raise PetlabError(f"host={cfg.host} is not an address: give one such as 127.0.0.1 or 0.0.0.0")
     whole_number("port", cfg.port, 1, 65535)
+    whole_number("concurrency", cfg.concurrency, 1)
     if not FILE_SIZE.match(str(cfg.max_file_size)):
         raise PetlabError(f"max_file_size={cfg.max_file_size} is not a size: give a whole number (from 1) of b, "
                           "kb, mb or gb, such as 10mb or 500kb")  # fmt: skip
@@ -166,7 +167,8 @@ def main(cfg: DictConfig) -> None:
         page = build_page(answer, title, description, examples, cfg.top_k)
         print(f"Serving {checkpoint.path} ({len(examples)} example image{'' if len(examples) == 1 else 's'})",
               file=sys.stderr)  # fmt: skip
-        launch(page, cfg.host, cfg.port, cfg.share, str(cfg.max_file_size), [pictures_dir, *examples])
+        launch(page, cfg.host, cfg.port, cfg.share, str(cfg.max_file_size), [pictures_dir, *examples],
+               concurrency=cfg.concurrency)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -80,10 +80,13 @@ def build_page(
 
 def launch(
     page: gr.Blocks, host: str, port: int, share: bool = False, max_file_size: str = "10mb",
-    allowed_paths: Sequence[str] = (), block: bool = True,
+    allowed_paths: Sequence[str] = (), block: bool = True, concurrency: int = 4,
 ) -> str:  # fmt: skip
     """Serve ``page`` on ``host:port`` (a public share link only with ``share``), refusing uploads larger
-    than ``max_file_size``, until Ctrl+C; ``block=False`` returns the page's address at once (for tests)."""
+    than ``max_file_size``, answering up to ``concurrency`` requests at once, until Ctrl+C; ``block=False``
+    returns the page's address at once (for tests)."""
+    # Gradio answers one request of an event at a time by default: one large photo would hold every visitor.
+    page.queue(default_concurrency_limit=concurrency)
     _, url, share_url = page.launch(
         server_name=host, server_port=port, share=share, max_file_size=max_file_size,
         allowed_paths=list(allowed_paths), prevent_thread_lock=True, show_error=False, ssr_mode=False,
