@@ -165,3 +165,25 @@ def test_the_one_cycle_schedule_resumes_exactly_or_stretched_to_more_steps():
 def test_hydra_options_and_their_values_are_not_overrides():
     argv = ["--cfg", "job", "ckpt_path=last", "-m", "--config-dir", "/x", "seed=1", "--package=_global_"]
     assert overrides_of(argv) == ["ckpt_path=last", "seed=1"]
+
+
+def test_ckpt_path_last_never_resumes_another_run_than_the_most_recent(trained_run: Path, tmp_path: Path):
+    import shutil
+    import time
+
+    finished = tmp_path / "outputs" / "runs" / "finished"
+    shutil.copytree(trained_run, finished)
+    (finished / ".hydra").mkdir(exist_ok=True)
+    (finished / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": 0.001}, "seed": 0}))
+    (finished / "checkpoints" / "last.ckpt").touch()
+    before = {path: path.read_bytes() for path in finished.rglob("*") if path.is_file()}
+    time.sleep(0.05)
+    killed = tmp_path / "outputs" / "runs" / "killed"  # killed before its first checkpoint
+    shutil.copytree(finished / ".hydra", killed / ".hydra")
+    (killed / ".hydra" / "config.yaml").touch()
+    result = petlab(tmp_path, "ckpt_path=last")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"the most recent run, {killed}, has no checkpoint" in output, output[-2000:]
+    assert f"the newest run with one is {finished}" in output and "Traceback" not in output
+    assert {path: path.read_bytes() for path in finished.rglob("*") if path.is_file()} == before
+    assert sorted(path.name for path in killed.iterdir()) == [".hydra"]

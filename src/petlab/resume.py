@@ -68,6 +68,25 @@ def outputs_dir(overrides: Sequence[str]) -> Path:
         return Path(compose("train", overrides=given).paths.log_dir).expanduser()
 
 
+def newest_training(outputs: Path) -> Path | None:
+    """The training run under ``outputs`` (a run, sweep job or trial: its config has an optimizer) that started
+    or saved a checkpoint last; evaluations and audits are not training runs."""
+    latest, newest = 0.0, None
+    for config in outputs.glob("**/.hydra/config.yaml"):
+        run = config.parent.parent
+        try:
+            content = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(content, dict) or "optimizer" not in content or "audit" in content:
+            continue
+        last = run / "checkpoints" / "last.ckpt"
+        moment = max(config.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
+        if moment > latest:
+            latest, newest = moment, run
+    return newest
+
+
 def latest_checkpoint(overrides: Sequence[str]) -> Path:
     """``checkpoints/last.ckpt`` of the run named by ``hydra.run.dir=``, else the newest one under the outputs."""
     run_dir = last_value(overrides, "hydra.run.dir")
@@ -78,6 +97,15 @@ def latest_checkpoint(overrides: Sequence[str]) -> Path:
         outputs = outputs_dir(overrides)
         candidates = list(outputs.glob("**/checkpoints/last.ckpt"))
         places = f"every run and sweep job under {outputs}"
+        newest = newest_training(outputs)
+        if newest is not None and not (newest / "checkpoints" / "last.ckpt").is_file():
+            found = [path for path in candidates if path.is_file()]
+            other = max(found, key=lambda path: path.stat().st_mtime).parent.parent if found else None
+            instead = f"; the newest run with one is {other} (ckpt_path={other}/checkpoints/last.ckpt)" if other else ""
+            raise PetlabError(
+                f"ckpt_path=last: the most recent run, {newest}, has no checkpoint (it stopped before its first "
+                f"epoch ended), so there is nothing to resume: start it again{instead}"
+            )
     found = [path for path in candidates if path.is_file()]
     if not found:
         raise PetlabError(
