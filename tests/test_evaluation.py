@@ -139,6 +139,31 @@ def test_export_never_overwrites(trained_run: Path, tmp_path: Path):
     assert result.returncode == 2 and "already exists" in result.stderr and target.read_text() == "keep me"
 
 
+def test_what_a_killed_export_left_never_blocks_or_passes_for_a_result(trained_run: Path, tmp_path: Path):
+    import socket
+
+    host = socket.gethostname().replace(".", "-")
+    exports = tmp_path / "export"
+    exports.mkdir()
+    # A torchscript export killed while writing (a dead process's partial file), and a space folder left empty
+    # by an earlier petlab killed at its start.
+    (exports / f".model.pt.{host}.999999999.partial").write_bytes(b"half a model")
+    (exports / "space").mkdir()
+    checkpoint = f"ckpt_path={best_checkpoint(trained_run)}"
+    done = petlab("petlab.export", checkpoint, "format=torchscript", f"output={exports / 'model.pt'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.jit.load(exports / "model.pt") is not None and json.loads((exports / "model.pt.json").read_text())
+    assert not list(exports.glob(".*.partial"))
+    done = petlab("petlab.export", checkpoint, "format=space", f"output={exports / 'space'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"model.onnx", "model.onnx.json", "app.py", "README.md"} <= {
+        path.name for path in (exports / "space").iterdir()
+    }
+    assert not list(exports.glob(".*.partial"))
+    again = petlab("petlab.export", checkpoint, "format=space", f"output={exports / 'space'}", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr  # a whole export is never overwritten
+
+
 def test_checkpoints_tell_predict_the_evaluation_crop_also_those_of_the_first_release(trained_run, tmp_path):
     current = load_checkpoint(best_checkpoint(trained_run))
     content = torch.load(best_checkpoint(trained_run), weights_only=True)

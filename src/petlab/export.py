@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -24,6 +25,7 @@ from petlab.checks import whole_number
 from petlab.cli import plugins, require, user_facing
 from petlab.config import config_dir
 from petlab.errors import PetlabError
+from petlab.files import partial_path, remove_stale_partials, write_text_atomic
 from petlab.resolvers import register_resolvers
 
 register_resolvers()
@@ -92,6 +94,8 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
               "bilinear filter, which antialiases when shrinking (its support widens with the scale)")  # fmt: skip
     example = torch.rand(2, 3, size, size)
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(output.parent)  # what a killed export left
+    written = partial_path(output)
     outputs = checkpoint.task.export_spec()
     spec = {"task": checkpoint.task.spec(), "input": f"float RGB in [0, 1], shape (N, 3, {size}, {size})",
             "input_size": size, "side": side, "image_size": crop, "mean": checkpoint.mean, "std": checkpoint.std,
@@ -102,7 +106,7 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
             with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export/ONNX
                 warnings.simplefilter("ignore", FutureWarning)
                 traced = torch.jit.trace(network, example)
-                torch.jit.save(traced, str(output), _extra_files={"petlab.json": json.dumps(spec)})
+                torch.jit.save(traced, str(written), _extra_files={"petlab.json": json.dumps(spec)})
         else:
             try:
                 import onnxscript  # noqa: F401  (the exporter needs it; say so plainly if it is missing)
@@ -112,8 +116,10 @@ def export(checkpoint: Any, file_format: str, output: Path, sidecar: dict[str, A
             program = torch.onnx.export(network, (example,), input_names=["images"],
                                         output_names=outputs["output_names"], dynamic_shapes={"images": {0: batch}},
                                         dynamo=True)  # fmt: skip
-            program.save(str(output))
-    output.with_suffix(output.suffix + ".json").write_text(json.dumps(spec, indent=2) + "\n")
+            program.save(str(written))
+    # The sidecar first, the model last: a model file in place means the export is whole.
+    write_text_atomic(output.with_suffix(output.suffix + ".json"), json.dumps(spec, indent=2) + "\n")
+    os.replace(written, output)
     return output
 
 
@@ -137,11 +143,20 @@ def copy_answer_code(modules: set[str], folder: Path) -> None:
         shutil.copyfile(sys.modules[name].__file__, target / f"{parts[-1]}.py")
 
 
+SPACE_PARTS = ("model.onnx", "model.onnx.json", "app.py", "README.md")
+
+
 def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int) -> Path:
     """Write ``folder``: the ONNX model, the page that runs it without petlab (``app.py`` with petlab's
     ``page.py`` and ``pictures.py``), ``examples/``, ``requirements.txt`` and a README on publishing it."""
     from petlab.app import page_text
 
+    final = folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder.parent)
+    # Built in a private folder and renamed into place whole: a killed export leaves nothing that blocks a rerun.
+    folder = partial_path(final)
+    folder.mkdir()
     title, description = page_text(checkpoint)
     # Published: the checkpoint named by its run, never by its path on this machine.
     page = {"title": title, "description": description, "top_k": top_k}
@@ -166,7 +181,14 @@ def export_space(checkpoint: Any, folder: Path, examples: list[str], top_k: int)
     (folder / "README.md").write_text(
         f"---\n{front_matter}---\n" + SPACE_README.format(title=title, description=description)
     )
-    return folder
+    if final.exists():  # overwrite=true, or an incomplete folder of an older petlab: the old one goes
+        replaced = partial_path(final.with_name(f"{final.name}-replaced"))
+        os.replace(final, replaced)
+        os.replace(folder, final)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(folder, final)
+    return final
 
 
 SPACE_README = """
@@ -180,9 +202,9 @@ ONNX Runtime) without petlab; `model.onnx.json` says how images are prepared and
 ## Try it on this machine
 
 ```bash
-python -m venv ../space-venv     # outside this folder, so that it is never uploaded with it
-../space-venv/bin/pip install -r requirements.txt
-../space-venv/bin/python app.py  # http://127.0.0.1:7860 (GRADIO_SERVER_NAME and GRADIO_SERVER_PORT change it)
+python -m venv /tmp/space-venv           # outside the run's folders, so that it is never uploaded with them
+/tmp/space-venv/bin/pip install -r requirements.txt
+/tmp/space-venv/bin/python app.py  # http://127.0.0.1:7860 (GRADIO_SERVER_NAME and GRADIO_SERVER_PORT change it)
 ```
 
 It computes in fp32, as `petlab.predict precision=32-true` does.
@@ -210,7 +232,10 @@ def main(cfg: DictConfig) -> None:
         whole_number("top_k", cfg.top_k, 1)
     checkpoint = load_checkpoint(cfg.ckpt_path, plugins(cfg))
     output = Path(cfg.output).expanduser() if cfg.output else default_output(checkpoint.path, cfg.format)
-    if output.exists() and not cfg.overwrite:
+    # An export is written whole or not at all; a space folder without its model and page (a killed export of
+    # an earlier petlab) is incomplete, and replaced rather than protected.
+    complete = output.is_file() if cfg.format != "space" else all((output / name).is_file() for name in SPACE_PARTS)
+    if output.exists() and complete and not cfg.overwrite:
         raise PetlabError(f"{output} already exists: choose another output=PATH or set overwrite=true")
     if output.exists() and output.is_dir() != (cfg.format == "space"):
         kind = "a folder" if cfg.format == "space" else "a file"

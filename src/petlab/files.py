@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def remove_stale_partials(directory: Path) -> list[Path]:
     for partial in Path(directory).glob(".*.partial"):
         named = PARTIAL_NAME.fullmatch(partial.name)
         if named and named["host"] == _host() and not _running(int(named["pid"])):
-            partial.unlink(missing_ok=True)
+            if partial.is_dir():  # a folder built whole before its rename (an exported space)
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
             removed.append(partial)
     return removed
 
