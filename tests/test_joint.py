@@ -98,8 +98,12 @@ def test_a_joint_task_whose_target_the_dataset_lacks_is_named(tmp_path: Path):
             r"task\.options\.head_box\.target=trimap: task=head_box reads head boxes",
         ),
         (["species", "head_box"], {"head_box": {"hidden": 0}}, None, r"task\.options\.head_box\.hidden=0"),
-        (["species", "head_box"], {"head_box": {"colour": 1}}, None,
-         r"task=head_box has no setting task\.options\.head_box\.colour: its settings are target"),
+        (
+            ["species", "head_box"],
+            {"head_box": {"colour": 1}},
+            None,
+            r"task=head_box has no setting task\.options\.head_box\.colour: its settings are target",
+        ),
     ],
 )
 def test_wrong_joint_settings_are_one_clear_line(tasks: list, options: dict, weights: list | None, message: str):

@@ -68,6 +68,12 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
             f"{content['petlab'].get('format', 1)}): it can be evaluated, predicted with and exported, but not "
             "resumed; start a new run without ckpt_path"
         )
+    if "optimizer_states" not in content:
+        raise PetlabError(
+            f"ckpt_path={cfg.ckpt_path} holds the weights only (callbacks.model_checkpoint.save_weights_only=true), "
+            "not the training state a resume needs: resume from a full checkpoint, or evaluate, predict or export "
+            "with this one"
+        )
     model = OmegaConf.to_container(cfg.model, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     # A task's targets and a joint task's tasks are compared once built (their classes come from the data).
