@@ -1,6 +1,7 @@
 """Resuming a run: its own config, its record kept, harmless overrides applied, the others refused."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,15 @@ def test_ckpt_path_last_never_resumes_another_run_than_the_most_recent(trained_r
     assert f"the newest run with one is {finished}" in output and "Traceback" not in output
     assert {path: path.read_bytes() for path in finished.rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in killed.iterdir()) == [".hydra"]
+
+
+def test_a_run_killed_while_writing_its_final_files_completes_them_on_resume(make_cfg, tmp_path: Path):
+    options = ["model=cnn", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "callbacks.early_stopping=null"]
+    whole = train(make_cfg(options))
+    run = tmp_path / "run"
+    # Killed after its last checkpoint, before metrics.json and the evaluation files were written.
+    (run / "metrics.json").unlink()
+    completed = train(make_cfg([*options, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"]))
+    for key in ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc", "test/acc", "epochs", "best_epoch"):
+        assert completed[key] == whole[key], key
+    assert json.loads((run / "metrics.json").read_text())["val/acc_best"] == whole["val/acc_best"]

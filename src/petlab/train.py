@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from petlab.config import NOT_HYPERPARAMETERS
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
+from petlab.files import write_text_atomic
 from petlab.interpret import Evaluation
 from petlab.jobs import mark_pruned
 from petlab.module import PetModule
@@ -31,6 +32,7 @@ from petlab.trainer import (
     build_group,
     build_trainer,
     describe_numerics,
+    logged_scalars,
     numerics,
     scalar_metrics,
     tensorboard_writer,
@@ -132,6 +134,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "callbacks.early_stopping=null to train them all)"
         )
     metrics: dict[str, Any] = scalar_metrics(trainer)
+    if model.task.monitor not in metrics:
+        # A resume with no epoch left to train (the run was killed while writing its final files): its
+        # training and validation figures are the ones it logged.
+        metrics.update(logged_scalars(output_dir / "tensorboard", ("train/", "val/")))
     checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     pruned_after = reporter.pruned_after if reporter else None
@@ -163,7 +169,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_hparams(trainer, metrics, cfg, model.task, status)
         if pruned_after is not None:
             mark_pruned(output_dir, f"pruned after epoch {pruned_after} of {cfg.trainer.max_epochs}")
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         log.info(f"Run directory: {output_dir}  (metrics.json, checkpoints/, tensorboard/)")
     return metrics
 

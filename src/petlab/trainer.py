@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,6 +23,23 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
         for name, value in trainer.callback_metrics.items()
         if isinstance(value, torch.Tensor) and value.numel() == 1
     }
+
+
+def logged_scalars(directory: Path, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The last value of each scalar whose tag starts with one of ``prefixes`` in the TensorBoard event files
+    under ``directory``: what a run logged, for a resume that had nothing left to train."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, tuple[float, int, float]] = {}
+    for events in sorted(Path(directory).rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags().get("scalars", []):
+            if tag.startswith(prefixes):
+                last = accumulator.Scalars(tag)[-1]
+                if tag not in found or (last.wall_time, last.step) > found[tag][:2]:
+                    found[tag] = (last.wall_time, last.step, last.value)
+    return {tag: round(float(value), 6) for tag, (_, _, value) in found.items()}
 
 
 def build_object(config: DictConfig, key: str, **arguments: Any) -> Any:
