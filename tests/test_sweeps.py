@@ -65,6 +65,33 @@ def test_sweep_labels_are_safe_folder_names_and_hydra_values(monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_sweep_started_again_skips_completed_jobs_and_resumes_a_killed_one(project: Path):
+    sweep = project / "outputs" / "multiruns" / "again"
+    command = ["-m", "seed=1,2", f"hydra.sweep.dir={sweep}", *TINY, "trainer.max_epochs=2"]
+    first = run(project, *command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done, killed = sorted(path for path in sweep.iterdir() if path.is_dir())
+
+    def results(job: Path) -> dict[Path, bytes]:  # all but Hydra's record and log of the job's latest start
+        return {path: path.read_bytes() for path in job.rglob("*")
+                if path.is_file() and ".hydra" not in path.parts and path.suffix != ".log"}  # fmt: skip
+
+    before = results(done)
+    whole = json.loads((killed / "metrics.json").read_text())
+    (killed / "metrics.json").unlink()  # killed after its last checkpoint, before its final files
+    again = run(project, *command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert results(done) == before  # the completed job was not trained again
+    completed = json.loads((killed / "metrics.json").read_text())
+    assert {key: completed[key] for key in ("val/acc", "val/loss", "test/acc")} == {
+        key: whole[key] for key in ("val/acc", "val/loss", "test/acc")
+    }
+    assert not list(sweep.rglob("*-v1.ckpt"))
+    other = run(project, "-m", "seed=1,2", f"hydra.sweep.dir={sweep}", *TINY, "trainer.max_epochs=3")
+    assert other.returncode == 2 and "holds a completed run of another configuration" in other.stdout + other.stderr
+
+
+@pytest.mark.slow
 def test_a_four_job_k_fold_sweep_and_its_report(project: Path):
     result = run(project, "-m", "task=species,breed", "data.folds=2", "data.fold=0,1", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -101,9 +103,46 @@ def find_learning_rate(
     return suggestion
 
 
+def config_sha(cfg: DictConfig) -> str:
+    """What identifies a run's configuration (all of it, resolved, but the checkpoint it resumed from)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    content.pop("ckpt_path", None)
+    return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def rerun_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """A job of a sweep started again into its folder: a completed one (its metrics.json, of this config) is
+    not trained again, its metrics are returned; one that was killed resumes from its own last checkpoint
+    (never training anew beside it, which wrote ``-v1`` checkpoints and mixed two runs in one folder)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or cfg.get("ckpt_path"):
+        return None
+    if (cfg.get("trial") or {}).get("number") is not None:  # a search's trials are the search's to rerun
+        return None
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        done = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        done = None
+    if isinstance(done, dict):
+        if done.get("config_sha", config_sha(cfg)) != config_sha(cfg):
+            raise PetlabError(f"{output_dir} holds a completed run of another configuration: start the sweep in "
+                              "another folder (hydra.sweep.dir=...) rather than over it")  # fmt: skip
+        log.info(f"{output_dir} was completed by an earlier start of this sweep: not trained again")
+        return done
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info(f"{output_dir} was stopped before it ended: resuming it from {last}")
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; returns the metrics also written to RUN_DIR/metrics.json."""
     started = time.perf_counter()
+    identity = config_sha(cfg)
+    if (done := rerun_sweep_job(cfg)) is not None:
+        return done
     resumed = check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **numerics(trainer, model),
         "best_checkpoint": best_path, "seconds": round(time.perf_counter() - started, 1),
     })  # fmt: skip
+    metrics["config_sha"] = identity
     if datamodule.curation.files:  # which audit decisions (data.exclude, data.relabel) made this result
         metrics["data_files"] = datamodule.curation.files
     if suggested_lr is not None:
