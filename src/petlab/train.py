@@ -104,9 +104,11 @@ def find_learning_rate(
 
 
 def config_sha(cfg: DictConfig) -> str:
-    """What identifies a run's configuration (all of it, resolved, but the checkpoint it resumed from)."""
-    content = OmegaConf.to_container(cfg, resolve=True)
-    content.pop("ckpt_path", None)
+    """What identifies a run's configuration: all of it as composed (interpolations unresolved, so that what
+    derives from the run's folder does not count), but ``paths`` and the checkpoint it resumed from."""
+    content = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("paths", "ckpt_path"):
+        content.pop(key, None)
     return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
