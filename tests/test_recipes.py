@@ -171,8 +171,21 @@ RECIPE = ["model=cnn", "model.pool=avg", "model.ema=0.9", "data.augment.policy=t
           "seed=3"]  # fmt: skip
 
 
+def test_the_best_epochs_file_holds_the_averaged_weights_without_the_training_state(make_cfg, tmp_path: Path):
+    train(make_cfg([*RECIPE, "trainer.max_epochs=2", f"paths.output_dir={tmp_path}"]))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    epoch_1 = torch.load(tmp_path / "checkpoints" / "epoch_001.ckpt", map_location="cpu", weights_only=True)
+    assert "optimizer_states" in last and "optimizer_states" not in epoch_1
+    assert epoch_1["state_dict"].keys() == last["state_dict"].keys()
+    assert all(torch.equal(value, last["state_dict"][key]) for key, value in epoch_1["state_dict"].items())
+    raw = last["current_model_state"]
+    assert any(not torch.equal(epoch_1["state_dict"][key], raw[key]) for key in raw if key.endswith("weight"))
+
+
 def test_a_recipe_run_saves_averaged_weights_for_prediction_and_resumes_exactly(make_cfg, tmp_path: Path):
-    whole = train(make_cfg([*RECIPE, "trainer.max_epochs=3", f"paths.output_dir={tmp_path / 'whole'}"]))
+    # Every epoch's file with its training state, to resume from the first.
+    full = [*RECIPE, "callbacks.model_checkpoint.save_weights_only=false"]
+    whole = train(make_cfg([*full, "trainer.max_epochs=3", f"paths.output_dir={tmp_path / 'whole'}"]))
     last = tmp_path / "whole" / "checkpoints" / "last.ckpt"
     content = torch.load(last, map_location="cpu", weights_only=True)
     averaged, raw = content["state_dict"], content["current_model_state"]
@@ -183,7 +196,7 @@ def test_a_recipe_run_saves_averaged_weights_for_prediction_and_resumes_exactly(
     # From the end of the first epoch, still at the smaller size (the second switches to the full size), in
     # the run's own directory as a resume does (its best checkpoint is known only there).
     epoch_0 = tmp_path / "whole" / "checkpoints" / "epoch_000.ckpt"
-    resumed = train(make_cfg([*RECIPE, "trainer.max_epochs=3", f"ckpt_path={epoch_0}",
+    resumed = train(make_cfg([*full, "trainer.max_epochs=3", f"ckpt_path={epoch_0}",
                               f"paths.output_dir={tmp_path / 'whole'}"]))  # fmt: skip
     for key in ("val/acc", "val/loss", "train/loss", "test/acc", "best_epoch"):
         assert resumed[key] == whole[key], key

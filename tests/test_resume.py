@@ -106,14 +106,13 @@ def test_a_truncated_checkpoint_of_a_real_run_is_refused(trained_run: Path, make
     assert "not a loadable petlab checkpoint" in str(user_error(raised.value))
 
 
-def test_a_checkpoint_of_weights_only_is_refused_for_a_resume(trained_run: Path, make_cfg, tmp_path: Path):
-    content = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    for key in ("optimizer_states", "lr_schedulers", "callbacks"):  # what save_weights_only=true leaves out
-        content.pop(key, None)
-    torch.save(content, tmp_path / "weights.ckpt")
+def test_the_best_epochs_weights_are_refused_for_a_resume(trained_run: Path, make_cfg):
+    best = Path(json.loads((trained_run / "metrics.json").read_text())["best_checkpoint"])
+    assert "optimizer_states" not in torch.load(best, map_location="cpu", weights_only=True)
     with pytest.raises(Exception) as raised:
-        train(make_cfg(["task=breed", "model=cnn", f"ckpt_path={tmp_path / 'weights.ckpt'}"]))
-    assert "holds the weights only" in str(user_error(raised.value))
+        train(make_cfg(["task=breed", "model=cnn", f"ckpt_path={best}"]))
+    message = str(user_error(raised.value))
+    assert "holds the weights only" in message and "last.ckpt" in message
 
 
 def test_resuming_with_other_model_or_data_settings_names_each_difference():

@@ -1,7 +1,8 @@
 """An exponential moving average of the weights (``model.ema``), on Lightning's weight-averaging callback.
 
 Lightning keeps the average in a :class:`torch.optim.swa_utils.AveragedModel`, validates with it, saves it
-as the checkpoint's ``state_dict`` (the raw weights beside it, for resuming) and leaves it in the module
+as the checkpoint's ``state_dict`` (the raw weights beside it, for resuming; the module puts it into the
+best epoch's weights-only checkpoint, which skips callbacks) and leaves it in the module
 when training ends: validation metrics, the best checkpoint, the test after training, predict, evaluate and
 export all see the averaged weights.
 """
@@ -45,6 +46,14 @@ class ExponentialMovingAverage(WeightAveraging):
         decay = min(self.decay, (1 + float(updates)) / (WARMUP_OFFSET + float(updates)))
         # One fused pass over every tensor (what torch.optim.swa_utils.get_ema_multi_avg_fn does too).
         torch._foreach_lerp_(averages, currents, 1 - decay)
+
+    def averaged_weights(self) -> dict[str, torch.Tensor] | None:
+        """The averaged weights under the module's names (None before fitting set the average up)."""
+        if self._average_model is None:
+            return None
+        prefix = "module."
+        return {name[len(prefix) :]: value for name, value in self._average_model.state_dict().items()
+                if name.startswith(prefix)}  # fmt: skip
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Testing the best checkpoint after training must keep its averaged weights: Lightning's callback would

@@ -84,6 +84,7 @@ class PetModule(L.LightningModule):
         self.freeze_epochs, self.backbone_lr_factor = freeze_epochs, backbone_lr_factor
         self.norm_bias_weight_decay = norm_bias_weight_decay
         self.channels_last, self.ema, self.tta = channels_last, ema, False
+        self.averaging: ExponentialMovingAverage | None = None  # the fit's weight average, when model.ema is set
         # The resolved data config of the training run, saved in checkpoints so that evaluation can
         # rebuild the same splits (set by the entry point).
         self.data_config: dict[str, Any] = {}
@@ -153,9 +154,15 @@ class PetModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         if self.ema is None or self.trainer.state.fn != "fit":
             return []
-        return [ExponentialMovingAverage(self.ema)]
+        self.averaging = ExponentialMovingAverage(self.ema)
+        return [self.averaging]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A weights-only save (the best epoch's) skips the callbacks' hooks, so the averaged weights that
+        # validation measured must be put in here.
+        averaged = self.averaging.averaged_weights() if self.averaging is not None else None
+        if "optimizer_states" not in checkpoint and averaged is not None:
+            checkpoint["state_dict"] = averaged
         # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
         checkpoint["petlab"] = {"format": CHECKPOINT_FORMAT, "data": self.data_config,
                                 "monitor_best": self.monitor_best, "best_epoch": self.best_epoch}  # fmt: skip

@@ -70,8 +70,8 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
         )
     if "optimizer_states" not in content:
         raise PetlabError(
-            f"ckpt_path={cfg.ckpt_path} holds the weights only (callbacks.model_checkpoint.save_weights_only=true), "
-            "not the training state a resume needs: resume from a full checkpoint, or evaluate, predict or export "
+            f"ckpt_path={cfg.ckpt_path} holds the weights only (as a run's best epoch is saved), not the training "
+            "state a resume needs: resume from the run's checkpoints/last.ckpt, or evaluate, predict or export "
             "with this one"
         )
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -85,9 +85,10 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def trained_epochs(checkpoint: dict[str, Any]) -> int | None:
-    """The epochs a Lightning checkpoint's fit loop had completed (None for a checkpoint without its loops)."""
+    """The epochs a Lightning checkpoint's fit loop had trained and validated (None for a checkpoint without its
+    loops). An epoch's checkpoint is written in its end-of-epoch hooks, before the loop counts it completed."""
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):
         return None
 

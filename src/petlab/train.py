@@ -179,7 +179,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # A resume with no epoch left to train (the run was killed while writing its final files): its
         # training and validation figures are the ones it logged.
         metrics.update(logged_scalars(output_dir / "tensorboard", ("train/", "val/")))
-    checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+    checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor), None)
     best_path = checkpoint.best_model_path if checkpoint else ""
     pruned_after = reporter.pruned_after if reporter else None
     if cfg.get("test") and datamodule.has_test and pruned_after is None:  # a pruned trial is not worth testing
