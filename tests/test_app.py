@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(answer: Any, examples: Sequence[str] = (), max_file_size: str = "10mb") -> Any:
+def serving(answer: Any, examples: Sequence[str] = (), max_file_size: str = "10mb", show_classes: bool = True) -> Any:
     """The page for ``answer`` on a free port of 127.0.0.1 (its address), closed when the block ends."""
-    page = build_page(answer, "petlab test", "a test page", examples, top_k=3)
+    page = build_page(answer, "petlab test", "a test page", examples, top_k=3, show_classes=show_classes)
     url = launch(page, "127.0.0.1", free_port(), max_file_size=max_file_size, block=False)
     try:
         yield url
@@ -82,29 +83,42 @@ def test_the_pages_answers_are_petlab_predicts(trained_run: Path, photos: list[s
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
     answers = answer_images(checkpoint, photos, tmp_path, top_k=3, precision="32-true")
     assert answers == predicted(best_checkpoint(trained_run), photos, tmp_path)
-    label, pictures, rows, note = shown(page_results(checkpoint.task.answerer(), answers))
+    page = shown(page_results(checkpoint.task.answerer(), answers))
     top = answers[0]["top"]
-    assert label == {entry["class"]: entry["probability"] for entry in top}
-    assert [row[0] for row in rows] == ["Abyssinian_1.jpg", "beagle_2.jpg", "Bengal_3.jpg"]
-    assert rows[0][2] == f"{top[0]['class']} {top[0]['probability']:.1%}" and len(pictures) == 3
-    assert note == "**notes.jpg**: not a readable image: skipped"
+    assert page.label == {entry["class"]: entry["probability"] for entry in top}
+    assert page.headers == ["image", "answer", "details"]  # one task: no task column
+    assert [row[0] for row in page.rows] == ["Abyssinian_1.jpg", "beagle_2.jpg", "Bengal_3.jpg"]
+    assert page.rows[0][1] == f"{top[0]['class']} {top[0]['probability']:.1%}" and len(page.pictures) == 3
+    assert page.note == "**notes.jpg**: not a readable image: skipped"
 
 
 def test_a_file_that_is_not_an_image_gets_a_message_on_the_page(trained_run: Path, photos: list[str], tmp_path: Path):
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
-    label, pictures, rows, note = shown(page_answers(checkpoint, photos[-1:], tmp_path))
-    assert label is None and pictures == [] and rows == []
-    assert "notes.jpg**: not a readable image" in note and "Upload photos" in note
+    page = shown(page_answers(checkpoint, photos[-1:], tmp_path))
+    assert page.label is None and page.pictures == [] and page.rows == []
+    assert "notes.jpg**: not a readable image" in page.note and "Upload photos" in page.note
 
 
 def test_a_joint_models_page_shows_every_tasks_answer(joint_run: Path, photos: list[str], tmp_path: Path):
     checkpoint = load_checkpoint(best_checkpoint(joint_run))
-    label, pictures, rows, _ = shown(page_answers(checkpoint, photos[:2], tmp_path, precision="32-true"))
+    page = shown(page_answers(checkpoint, photos[:2], tmp_path, precision="32-true"))
+    rows = page.rows
+    assert page.headers == ["image", "task", "answer", "details"]
     assert [row[1] for row in rows[:4]] == ["species", "breed", "segmentation", "head_box"]
-    assert set(label) <= {"cat", "dog"} and rows[2][2].startswith("pet: ") and rows[3][2].startswith("head at (")
-    drawn = [Path(path).name for path, _ in pictures]
+    assert set(page.label) <= {"cat", "dog"} and checkpoint.task.answerer().gives_probabilities()
+    assert rows[2][2].startswith("pet: ") and rows[3][2].startswith("head at (")
+    drawn = [Path(path).name for path, _ in page.pictures]
     assert len(drawn) == 4 and drawn[0].endswith("_overlay.jpg") and drawn[1].endswith("_box.png")
-    assert all(Path(path).parent.parent == tmp_path for path, _ in pictures)  # a folder per request
+    assert all(Path(path).parent.parent == tmp_path for path, _ in page.pictures)  # a folder per request
+
+
+def test_a_segmentation_models_page_has_no_panel_of_classes(segmentation_run: Path, photos: list[str],
+                                                           tmp_path: Path):  # fmt: skip
+    checkpoint = load_checkpoint(best_checkpoint(segmentation_run))
+    page = shown(page_answers(checkpoint, photos[:1], tmp_path))
+    assert page.label is None and page.headers == ["image", "answer", "details"]
+    assert not checkpoint.task.answerer().gives_probabilities()
+    assert page.rows[0][1].startswith("pet: ") and page.pictures[0][0].endswith("_overlay.jpg")
 
 
 def test_examples_come_from_the_checkpoints_test_split_a_class_at_a_time(trained_run: Path, tmp_path: Path):
@@ -130,8 +144,35 @@ def test_the_client_gets_the_pages_answers_from_a_running_server(trained_run: Pa
         client = bounded(Client, url)
         label, pictures, table, note = bounded(lambda: client.predict([handle_file(p) for p in photos[:2]],
                                                                       api_name="/predict"))  # fmt: skip
-    assert label["label"] == max(expected[0], key=expected[0].get)
-    assert table["data"] == expected[2] and note == "" and len(pictures) == 2
+    assert label["label"] == max(expected.label, key=expected.label.get)
+    assert table["headers"] == expected.headers and table["data"] == expected.rows
+    assert note == "" and len(pictures) == 2
+
+
+def test_a_slow_answer_does_not_hold_up_another_request(photos: list[str]):
+    """The first request's answer waits until the second one has been answered: a page answering one request
+    at a time would never answer the second, and the first would fail."""
+    from gradio_client import Client, handle_file
+
+    slow_started, other_answered = threading.Event(), threading.Event()
+
+    def answer(paths: list[str]) -> list[dict[str, Any]]:
+        if Path(paths[0]).name == Path(photos[0]).name:
+            slow_started.set()
+            if not other_answered.wait(30):
+                raise RuntimeError("the other request was not answered while this one worked")
+        else:
+            other_answered.set()
+        view = {"task": "", "answer": Path(paths[0]).name, "details": "", "pictures": [], "probabilities": None}
+        return [{"image": paths[0], "views": [view]}]
+
+    with serving(answer) as url:
+        client = bounded(Client, url)
+        slow = client.submit([handle_file(photos[0])], api_name="/predict")
+        assert slow_started.wait(TIMEOUT_S)
+        other = client.submit([handle_file(photos[1])], api_name="/predict")
+        assert bounded(other.result)[2]["data"][0][1] == Path(photos[1]).name
+        assert bounded(slow.result)[2]["data"][0][1] == Path(photos[0]).name
 
 
 def test_an_upload_over_the_size_limit_is_refused(photos: list[str]):
@@ -207,11 +248,11 @@ def test_the_exported_folder_runs_the_page_from_a_fresh_environment(trained_run:
         server.terminate()
         server.wait(timeout=30)
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
-    _, _, expected_rows, _ = shown(page_answers(checkpoint, photos[:3], tmp_path, precision="32-true"))
+    expected_rows = shown(page_answers(checkpoint, photos[:3], tmp_path, precision="32-true")).rows
     rows = answers[2]["data"]
-    assert [row[:2] for row in rows] == [row[:2] for row in expected_rows]
+    assert [row[0] for row in rows] == [row[0] for row in expected_rows]
     for row, expected in zip(rows, expected_rows, strict=True):
-        (name, score), (expected_name, expected_score) = (row[2].rsplit(" ", 1), expected[2].rsplit(" ", 1))
+        (name, score), (expected_name, expected_score) = (row[1].rsplit(" ", 1), expected[1].rsplit(" ", 1))
         assert name == expected_name and abs(float(score[:-1]) - float(expected_score[:-1])) <= 0.1
 
 
@@ -226,38 +267,62 @@ def connect(client_class: Any, url: str, server: subprocess.Popen) -> Any:
             time.sleep(1)
 
 
-@pytest.mark.slow
-def test_a_browser_uploads_a_photo_and_reads_the_top_class(trained_run: Path, photos: list[str], tmp_path: Path):
-    """Headless Chromium (Debian's package; .ci/run installs it) drives the page; a screenshot is saved."""
+def in_browser(url: str, photo: str, screenshot: Path, read: Any) -> Any:
+    """``read(page)`` once headless Chromium (Debian's package; .ci/run installs it) has uploaded ``photo`` on
+    the page at ``url`` and its answer is shown; a screenshot is saved."""
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser_path is None:
         pytest.skip("no chromium on this machine: apt-get install chromium (.ci/run does where it can)")
     playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (dev extra)")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(photo)
+            page.locator("#pictures img").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(500)  # the gallery's pictures finish loading
+            page.screenshot(path=str(screenshot), full_page=True)
+            return read(page)
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_a_browser_uploads_a_photo_and_reads_the_top_class(trained_run: Path, photos: list[str], tmp_path: Path):
     checkpoint = load_checkpoint(best_checkpoint(trained_run))
     (expected,) = answer_images(checkpoint, photos[:1], tmp_path)
 
     def answer(paths: list[str]) -> list[dict[str, Any]]:
         return page_answers(checkpoint, paths, tmp_path)
 
-    def browse(url: str) -> str:
-        with playwright.sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                page.goto(url, timeout=60_000)
-                page.locator("input[type=file]").first.set_input_files(photos[0])
-                heading = page.locator("#top-classes h2")
-                heading.wait_for(timeout=60_000)
-                page.wait_for_timeout(500)  # the gallery's pictures finish loading
-                page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-                return heading.inner_text()
-            finally:
-                browser.close()
+    def read(page: Any) -> str:
+        return page.locator("#top-classes h2").inner_text()
 
     with serving(answer, photos[1:3]) as url:
-        top_class = bounded(browse, url)
+        top_class = bounded(in_browser, url, photos[0], tmp_path / "page.png", read)
     assert top_class == expected["top"][0]["class"]
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_browser_shows_a_segmentation_answer_whole_without_classes(segmentation_run: Path, photos: list[str],
+                                                                     tmp_path: Path):  # fmt: skip
+    checkpoint = load_checkpoint(best_checkpoint(segmentation_run))
+
+    def answer(paths: list[str]) -> list[dict[str, Any]]:
+        return page_answers(checkpoint, paths, tmp_path)
+
+    def read(page: Any) -> tuple[Any, ...]:
+        headers = [cell.inner_text().strip() for cell in page.locator("#answers thead th").all()]
+        gallery, picture = page.locator("#pictures").bounding_box(), page.locator("#pictures img").first.bounding_box()
+        return page.locator("#top-classes").is_visible(), headers, gallery, picture
+
+    with serving(answer, show_classes=checkpoint.task.answerer().gives_probabilities()) as url:
+        classes_shown, headers, gallery, picture = bounded(in_browser, url, photos[0], tmp_path / "page.png", read)
+    assert not classes_shown and [header for header in headers if header] == ["image", "answer", "details"]
+    assert picture["y"] + picture["height"] <= gallery["y"] + gallery["height"]  # whole, not cut at the bottom
+    assert picture["width"] <= gallery["width"] / 2
 
 
 def test_the_exported_pages_model_answers_every_task_like_the_checkpoint(joint_run: Path, photos: list[str],

@@ -183,7 +183,7 @@ def test_the_page_and_an_exported_page_answer_with_its_own_code(share_run: Path,
     with serving(answer) as url:
         client = bounded(Client, url)
         _, _, table, note = bounded(lambda: client.predict([handle_file(p) for p in photos], api_name="/predict"))
-    assert note == "" and [row[2] for row in table["data"]] == [
+    assert note == "" and [row[1] for row in table["data"]] == [
         f"the pet fills {answer['pet_share']:.0%} of the photo" for answer in expected
     ]
     headers, rows = checkpoint.task.answerer().table(expected)  # petlab.predict's table

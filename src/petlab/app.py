@@ -164,7 +164,8 @@ def main(cfg: DictConfig) -> None:
             results = answer_images(checkpoint, paths, Path(pictures_dir), cfg.top_k, cfg.tta, cfg.precision)
             return page_results(checkpoint.task.answerer(), results)
 
-        page = build_page(answer, title, description, examples, cfg.top_k)
+        page = build_page(answer, title, description, examples, cfg.top_k,
+                          show_classes=checkpoint.task.answerer().gives_probabilities())  # fmt: skip
         print(f"Serving {checkpoint.path} ({len(examples)} example image{'' if len(examples) == 1 else 's'})",
               file=sys.stderr)  # fmt: skip
         launch(page, cfg.host, cfg.port, cfg.share, str(cfg.max_file_size), [pictures_dir, *examples],

@@ -65,6 +65,11 @@ class Answerer(ABC):
         """Classes and their probabilities, for the page's label (None when the answer has none)."""
         return None
 
+    def gives_probabilities(self) -> bool:
+        """Whether its answers have class probabilities (the page has a panel for them only then): an
+        answerer that defines :meth:`probabilities` does."""
+        return type(self).probabilities is not Answerer.probabilities
+
     def views(self, answer: Answer) -> list[dict[str, Any]]:
         """What the page shows of ``answer``: one row per task (``task`` "" for a single task), each with the
         answer in words, its details, the pictures that show it and its class probabilities."""

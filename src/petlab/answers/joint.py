@@ -30,6 +30,9 @@ class EveryTask(Answerer):
     def draws(self) -> bool:
         return any(answerer.draws() for answerer in self.answerers.values())
 
+    def gives_probabilities(self) -> bool:
+        return any(answerer.gives_probabilities() for answerer in self.answerers.values())
+
     def from_arrays(self, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.answerers, arrays, strict=True))
 

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Set before Gradio is imported: a page for a model never reports usage to Gradio's servers.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -23,14 +23,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 
 Result = dict[str, Any]
-TABLE_HEADERS = ["image", "task", "answer", "details"]
 
 
-def shown(results: Sequence[Result]) -> tuple[dict[str, float] | None, list[tuple[str, str]], list[list[str]], str]:
-    """What the page shows for ``results``: the first image's classes with their probabilities (for the
-    label), the pictures with captions (the photo itself, or the pictures of its answers), the table of
-    every task's answer, and a note on the files that could not be read."""
+class Shown(NamedTuple):
+    """What the page shows for a request (see :func:`shown`)."""
+
+    label: dict[str, float] | None  # the first image's classes and their probabilities
+    pictures: list[tuple[str, str]]  # (path, caption)
+    headers: list[str]
+    rows: list[list[str]]
+    note: str  # the files that could not be read
+
+
+def shown(results: Sequence[Result]) -> Shown:
+    """What the page shows for ``results``: the first image's classes with their probabilities, the pictures
+    with captions (the photo itself, or the pictures of its answers), the table of every answer (with a task
+    column for a model of several tasks), and a note on the files that could not be read."""
     label, pictures, rows, problems = None, [], [], []
+    several = any(view["task"] for result in results for view in result.get("views", ()))
     for result in results:
         name = Path(result["image"]).name
         if "error" in result:
@@ -38,7 +48,8 @@ def shown(results: Sequence[Result]) -> tuple[dict[str, float] | None, list[tupl
             continue
         captions, drawn = [], []
         for view in result["views"]:
-            rows.append([name, view["task"] or "-", view["answer"], view["details"]])
+            rows.append([name, view["task"], view["answer"], view["details"]] if several else
+                        [name, view["answer"], view["details"]])  # fmt: skip
             captions.append(f"{view['task']}: {view['answer']}" if view["task"] else view["answer"])
             drawn += view["pictures"]
             if label is None and view["probabilities"]:
@@ -47,19 +58,21 @@ def shown(results: Sequence[Result]) -> tuple[dict[str, float] | None, list[tupl
         pictures += [(path, caption) for path in drawn] or [(result["image"], caption)]
     if problems and not rows:
         problems.append("Upload photos (JPEG, PNG, GIF, WebP, BMP...) to see the model's answer.")
-    return label, pictures, rows, "\n\n".join(problems)
+    headers = ["image", "task", "answer", "details"] if several else ["image", "answer", "details"]
+    return Shown(label, pictures, headers, rows, "\n\n".join(problems))
 
 
 def build_page(
     answer_images: Callable[[list[str]], list[Result]], title: str, description: str,
-    examples: Sequence[str] = (), top_k: int = 3,
+    examples: Sequence[str] = (), top_k: int = 3, show_classes: bool = True,
 ) -> gr.Blocks:  # fmt: skip
     """The page: an upload box for one or more images (with ``examples`` to click), the first image's
-    top-k classes, the pictures and a table of every answer (see :func:`shown`). Its ``predict`` API answers the
-    same."""
+    top-k classes (with ``show_classes``: for a model whose answers have classes), the pictures and a table
+    of every answer (see :func:`shown`). Its ``predict`` API answers the same."""
 
     def respond(files: list[str] | None) -> tuple[Any, ...]:
-        return shown(answer_images([str(path) for path in files])) if files else (None, [], [], "")
+        page = shown(answer_images([str(path) for path in files]) if files else [])
+        return page.label, page.pictures, {"headers": page.headers, "data": page.rows}, page.note
 
     # Uploads and shown pictures leave Gradio's cache after an hour, so that a page up for weeks keeps its disk.
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
@@ -70,10 +83,15 @@ def build_page(
                 if examples:
                     gr.Examples([[[path]] for path in examples], inputs=files, label="Or try one of these")
             with gr.Column():
-                label = gr.Label(label="First image: top classes", num_top_classes=top_k, elem_id="top-classes")
+                label = gr.Label(label="First image: top classes", num_top_classes=top_k, elem_id="top-classes",
+                                 visible=show_classes)  # fmt: skip
                 note = gr.Markdown(label="problems", elem_id="problems")
-                pictures = gr.Gallery(label="Answers", columns=3, height=360, object_fit="contain", elem_id="pictures")
-        table = gr.Dataframe(headers=TABLE_HEADERS, label="Every answer", interactive=False, elem_id="answers")
+                # fit_columns off: a single picture keeps a third of the width, whole, rather than filling
+                # the gallery and being cut to its height.
+                pictures = gr.Gallery(label="Answers", columns=3, height=360, object_fit="contain",
+                                      fit_columns=False, elem_id="pictures")  # fmt: skip
+        table = gr.Dataframe(headers=["image", "answer", "details"], label="Every answer", interactive=False,
+                             elem_id="answers")  # fmt: skip
         files.change(respond, inputs=files, outputs=[label, pictures, table, note], api_name="predict")
     return page
 

@@ -70,7 +70,8 @@ def main() -> None:
         def answer(paths: list[str]) -> list[dict[str, Any]]:
             return model.answer_images(paths, answers_folder(Path(pictures_dir)), page_spec["top_k"])
 
-        page = build_page(answer, page_spec["title"], page_spec["description"], examples, page_spec["top_k"])
+        page = build_page(answer, page_spec["title"], page_spec["description"], examples, page_spec["top_k"],
+                          show_classes=model.answerer.gives_probabilities())  # fmt: skip
         try:
             launch(page, host, port, allowed_paths=[pictures_dir])
         except OSError as error:  # Gradio's "Cannot find empty port": the port is taken
