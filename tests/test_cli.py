@@ -69,7 +69,7 @@ def test_a_two_job_multirun_gets_two_directories(tmp_path: Path, sample_root: Pa
         assert list((job / "tensorboard").glob("events.out.tfevents.*"))
         assert (job / "checkpoints" / "last.ckpt").is_file()
         # The HParams tab shows a config group chosen on the command line by its option's name.
-        events = EventAccumulator(str(job / "tensorboard")).Reload()
+        events = EventAccumulator(str(job / "tensorboard" / "hparams")).Reload()
         session = events.PluginTagToContent("hparams")["_hparams_/session_start_info"].decode(errors="ignore")
         assert metrics["task"] in session and "_target_" not in session and "ckpt_path" not in session
     assert tasks == {"species", "breed"}

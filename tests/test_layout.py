@@ -11,7 +11,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "petlab"
 FLOORS = [
     ("petlab.errors", "petlab.checks", "petlab.config", "petlab.files", "petlab.pictures", "petlab.answers",
      "petlab.precision", "petlab.averaging", "petlab.optim", "petlab.jobs", "petlab.slurm", "petlab.search.space",
-     "petlab.parallel", "petlab.devices", "petlab.answer_log",
+     "petlab.parallel", "petlab.devices", "petlab.answer_log", "petlab.hparams",
      "petlab.search.study"),
     ("petlab.data", "petlab.models"),
     ("petlab.interpret",),

@@ -165,7 +165,7 @@ def test_a_trial_that_falls_behind_is_pruned_and_keeps_what_it_wrote(project: Pa
     assert list(runs["status"]) == ["pruned"] and runs["val/acc_best"].notna().all()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    events = EventAccumulator(str(run_dir / "tensorboard" / "hparams"), size_guidance={"tensors": 0}).Reload()
     hparams = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
     assert b"status" in hparams and b"pruned" in hparams  # the HParams tab shows the trial's status
 
@@ -183,7 +183,7 @@ def test_failed_trials_are_recorded_with_their_error_and_the_search_says_so(proj
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for run in directory.glob("00*"):
-        events = EventAccumulator(str(run / "tensorboard")).Reload()
+        events = EventAccumulator(str(run / "tensorboard" / "hparams")).Reload()
         hparams = events.summary_metadata["_hparams_/session_start_info"].plugin_data.content
         assert b"failed" in hparams  # listed in the HParams tab with its status
 

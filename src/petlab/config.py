@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 CHECKOUT_DIR = Path(__file__).resolve().parents[2]  # src/petlab/config.py -> the checkout
 
@@ -76,6 +77,20 @@ def share_fixed_keys(overrides: list[str]) -> None:
 
 
 LABEL_LENGTH = 100
+
+
+def evaluated_label(ckpt_path: Any) -> str:
+    """What an evaluation's folder name says it evaluated: the task and backbone of the run that wrote
+    ``ckpt_path`` (from the run's recorded config), else the checkpoint file's name; "" without one."""
+    if not ckpt_path:
+        return ""
+    path = Path(str(ckpt_path)).expanduser()
+    try:
+        config = OmegaConf.load(path.parent.parent / ".hydra" / "config.yaml")
+        label = f"{config.task.name}_{config.model.backbone.name}"
+    except Exception:  # not a run's checkpoint (or its record is gone): the file's own name says enough
+        label = path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")[:LABEL_LENGTH]
 
 
 def sweep_label(overrides: Any) -> str:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from petlab.config import config_dir, config_groups_help, project_root, run_id, sweep_label
+from petlab.config import config_dir, config_groups_help, evaluated_label, project_root, run_id, sweep_label
 from petlab.errors import PetlabError
 
 
@@ -79,5 +79,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("petlab_root", lambda: str(project_root()), replace=True)
     OmegaConf.register_new_resolver("run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("sweep_label", sweep_label, replace=True)
+    OmegaConf.register_new_resolver("evaluated_label", evaluated_label, replace=True)
     OmegaConf.register_new_resolver("config_groups_help", config_groups_help, replace=True)
     OmegaConf.register_new_resolver("task_configs", task_configs, replace=True)

@@ -17,12 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from petlab.config import NOT_HYPERPARAMETERS
 from petlab.data.datamodule import PetDataModule
 from petlab.errors import PetlabError
 from petlab.files import write_text_atomic
+from petlab.hparams import hparams_of, write_session
 from petlab.interpret import Evaluation
 from petlab.jobs import mark_pruned
 from petlab.module import PetModule
@@ -228,34 +228,6 @@ def trial_reporter(cfg: DictConfig) -> L.Callback | None:
     return ReportToTrial(trial.search_dir, trial.number)
 
 
-# The hyperparameters a person compares between runs, by config key: TensorBoard's HParams tab shows these
-# (and whatever else the command line or a sweep set), not every _target_ and path of the config.
-HPARAMS = ("task.name", "model.backbone.name", "model.backbone.pretrained", "optimizer._target_", "optimizer.lr",
-           "optimizer.weight_decay", "scheduler._target_", "data.batch_size", "data.image_size",
-           "trainer.max_epochs", "data.augment", "data.upsample", "data.progressive_resize", "model.pool",
-           "model.ema", "test_tta", "seed")  # fmt: skip
-
-
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The values of HPARAMS and of every key set on the command line (a sweep's varied keys among them);
-    a config group chosen on the command line (``model=cnn``) by the option's name."""
-    keys, choices = list(HPARAMS), {}
-    if HydraConfig.initialized():
-        choices = HydraConfig.get().runtime.choices
-        overridden = (item.lstrip("+~").split("=", 1)[0] for item in HydraConfig.get().overrides.task)
-        keys += [key for key in overridden if not key.startswith(NOT_HYPERPARAMETERS) and key not in keys]
-    values = {}
-    for key in keys:
-        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
-        value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-        if value is None:  # unset: nothing to compare
-            continue
-        if key.endswith("._target_") and isinstance(value, str):
-            key, value = key.removesuffix("._target_"), value.rsplit(".", 1)[-1]
-        values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return values
-
-
 def log_hparams(
     trainer: L.Trainer, metrics: dict[str, Any], cfg: DictConfig, task: Task, status: str | None = None
 ) -> None:
@@ -263,9 +235,9 @@ def log_hparams(
     so that TensorBoard's HParams tab ranks runs; a search's trial adds its ``status`` (completed, pruned)."""
     names = [task.best_metric, *(name for name in metrics if name.startswith("test/"))]
     values = {f"hp/{name}": metrics[name] for name in names if name in metrics}
-    params = {**hparams_of(cfg), "params/total": metrics["params_total"]}
+    params = {**hparams_of(cfg, Path(cfg.paths.output_dir).name), "params/total": metrics["params_total"]}
     if status is not None:
         params["status"] = status
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=values)
+            write_session(Path(logger.log_dir), params, values, trainer.global_step)

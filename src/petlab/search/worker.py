@@ -25,6 +25,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import fail_stale_trials
 
 from petlab.config import FIXED_KEYS_VARIABLE, RUN_ID_VARIABLE, sweep_label
+from petlab.hparams import comparable, write_session
 from petlab.jobs import mark_failed, run_status
 from petlab.search.space import override_value, overrides, search_space
 from petlab.search.study import ERROR, RUN_DIR, SURPLUS, SearchSettings, build_sampler, finished, open_study, tally
@@ -152,14 +153,7 @@ def _run_once(
 
 def show_failure_in_tensorboard(run_dir: Path, values: dict[str, object]) -> None:
     """List a failed trial in TensorBoard's HParams tab beside the others: its values, and status failed."""
-    # Imported here: only a failed trial needs them, and the worker otherwise does without torch.
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    shown = {key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in values.items()}
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        for summary in hparams({**shown, "status": "failed"}, {}):
-            writer.file_writer.add_summary(summary)
+    write_session(run_dir / "tensorboard", {"Run": run_dir.name, **comparable(values), "status": "failed"}, {})
 
 
 def _last_error(console: Path) -> str:
