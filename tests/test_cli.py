@@ -134,3 +134,7 @@ def test_the_console_shows_the_run_without_library_noise(tmp_path: Path, sample_
         assert noise not in console, noise
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     assert "GPU available" in (run / "__main__.log").read_text()  # kept in the run's log
+    lines = console.splitlines()
+    header = next(number for number, line in enumerate(lines) if "| Name" in line)
+    totals = next(number for number, line in enumerate(lines) if "Trainable params" in line)
+    assert totals - header <= 8, "\n".join(lines[header:totals])  # the summary's rows, one line each, not wrapped

@@ -105,6 +105,13 @@ def test_a_four_job_k_fold_sweep_and_its_report(project: Path):
     report = run(project, str(sweep), module="petlab.report")
     assert report.returncode == 0, report.stderr
     assert "different tasks (breed, species)" in report.stdout and "4 runs (4 completed)" in report.stdout
+    # A log's width: the run named by its job folder under the sweep's, the columns that do not fit below.
+    assert f"Runs in {sweep.name}:" in report.stdout and "\n0_task-species+data.fold-0 " in report.stdout
+    width = int(os.environ.get("COLUMNS", 120))
+    table = [
+        line for line in report.stdout.splitlines() if line and not line.startswith(("warning", "Runs in", "4 runs"))
+    ]
+    assert max(len(line) for line in table) <= width, report.stdout
     runs = pd.read_csv(sweep / "report.csv")
     assert len(runs) == 4 and set(runs["data.fold"]) == {0, 1} and set(runs["task"]) == {"species", "breed"}
     summary = summarise(collect_runs([sweep]), "val/acc_best")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,11 +242,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"note: runs of {', '.join(tasks)} monitor different metrics: each is ranked by its own")
     elif len(tasks) > 1:
         print(f"warning: runs of different tasks ({', '.join(tasks)}) are listed apart; compare within a task")
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(runs.drop(columns=["error", "monitor", "monitor_mode", "directions"]).to_string(index=False))
+    # As wide as the terminal (120 columns in a log): the columns that do not fit come in further blocks.
+    width = shutil.get_terminal_size((120, 24)).columns
+    shown = runs.drop(columns=["error", "monitor", "monitor_mode", "directions"])
+    folders = {str(Path(run).parent) for run in shown["run"]}
+    if len(folders) == 1 and (folder := folders.pop()) != ".":
+        print(f"Runs in {folder}:")
+        shown["run"] = [Path(run).name for run in shown["run"]]
+    with pd.option_context("display.max_colwidth", 40):
+        print(shown.to_string(index=False, line_width=width))
         for metric, summary in sections:
             print(f"\nBy configuration ({metric}):")
-            print(summary.to_string(index=False) if len(summary) else missing(runs, metric))
+            print(summary.to_string(index=False, line_width=width) if len(summary) else missing(runs, metric))
     counts = runs["status"].value_counts().to_dict()
     print(f"\n{len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}); report in {output}/report.*")
 

@@ -36,6 +36,7 @@ from petlab.trainer import (
     describe_numerics,
     logged_scalars,
     numerics,
+    plain_summaries_off_a_terminal,
     scalar_metrics,
     tensorboard_writer,
 )  # fmt: skip
@@ -76,7 +77,8 @@ def build(
                 f"{datamodule.early_size} px and {model.backbone.num_features} at {datamodule.image_size} px: "
                 "set model.pool=avg"
             )
-    callbacks, loggers = [*build_group(cfg, "callbacks"), *extra_callbacks], build_group(cfg, "logger")
+    callbacks = plain_summaries_off_a_terminal([*build_group(cfg, "callbacks"), *extra_callbacks])
+    loggers = build_group(cfg, "logger")
     return datamodule, model, build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
@@ -55,6 +57,16 @@ def build_group(cfg: DictConfig, group: str) -> list[Any]:
     """The objects of a config group such as callbacks or logger; an entry set to null is switched off."""
     entries = (cfg.get(group) or {}).items()
     return [build_object(entry, f"{group}.{name}") for name, entry in entries if entry is not None]
+
+
+def plain_summaries_off_a_terminal(callbacks: list[Any]) -> list[Any]:
+    """``callbacks`` with Rich's model summary replaced by the plain one when the output is not a terminal:
+    a log file or a batch job gets Rich's table wrapped to 80 columns (~40 lines for a summary of 3 rows);
+    the plain table keeps a row a line."""
+    if sys.stdout.isatty():
+        return callbacks
+    return [ModelSummary(max_depth=callback._max_depth) if isinstance(callback, RichModelSummary) else callback
+            for callback in callbacks]  # fmt: skip
 
 
 def build_trainer(config: DictConfig, **arguments: Any) -> L.Trainer:
