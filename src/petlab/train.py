@@ -114,10 +114,11 @@ def config_sha(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def rerun_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
-    """A job of a sweep started again into its folder: a completed one (its metrics.json, of this config) is
-    not trained again, its metrics are returned; one that was killed resumes from its own last checkpoint
-    (never training anew beside it, which wrote ``-v1`` checkpoints and mixed two runs in one folder)."""
+def rerun_sweep_job(cfg: DictConfig, identity: str) -> dict[str, Any] | None:
+    """A job of a sweep started again into its folder: a completed one (its metrics.json, of this config:
+    ``identity``, see :func:`config_sha`) is not trained again, its metrics are returned; one that was killed
+    resumes from its own last checkpoint (never training anew beside it, which wrote ``-v1`` checkpoints and
+    mixed two runs in one folder)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or cfg.get("ckpt_path"):
         return None
     if (cfg.get("trial") or {}).get("number") is not None:  # a search's trials are the search's to rerun
@@ -128,7 +129,7 @@ def rerun_sweep_job(cfg: DictConfig) -> dict[str, Any] | None:
     except (OSError, ValueError):
         done = None
     if isinstance(done, dict):
-        if done.get("config_sha", config_sha(cfg)) != config_sha(cfg):
+        if done.get("config_sha", identity) != identity:
             raise PetlabError(f"{output_dir} holds a completed run of another configuration: start the sweep in "
                               "another folder (hydra.sweep.dir=...) rather than over it")  # fmt: skip
         log.info(f"{output_dir} was completed by an earlier start of this sweep: not trained again")
@@ -145,7 +146,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) as ``cfg`` says; returns the metrics also written to RUN_DIR/metrics.json."""
     started = time.perf_counter()
     identity = config_sha(cfg)
-    if (done := rerun_sweep_job(cfg)) is not None:
+    if (done := rerun_sweep_job(cfg, identity)) is not None:
         return done
     resumed = check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)

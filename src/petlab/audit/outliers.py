@@ -22,6 +22,12 @@ COLUMNS = ["name", "split", "label", "score", "reasons", "unlike_data", "unlike_
            "height", "path"]  # fmt: skip
 
 
+def unusable(table: pd.DataFrame) -> pd.Series:
+    """Which of ``outlier_scores``' rows cannot be trained on whatever their label: nearly blank, or of an
+    extreme shape (those only unlike the others are for a person to look at)."""
+    return (table["spread"] < BLANK_SPREAD) | (table["aspect"] > EXTREME_ASPECT)
+
+
 def neighbour_distance(points: np.ndarray, neighbours: int = NEIGHBOURS, block: int = 1024) -> np.ndarray:
     """Each point's mean Euclidean distance to its ``neighbours`` nearest other points (0 for a lone point)."""
     if len(points) < 2:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from petlab.audit.annotations import annotation_problems
 from petlab.audit.duplicates import duplicate_groups
 from petlab.audit.labels import fold_runs, label_errors
-from petlab.audit.outliers import outlier_scores
+from petlab.audit.outliers import outlier_scores, unusable
 from petlab.audit.sheets import Tile, contact_sheet, wrapped
 from petlab.data.report import markdown_table
 from petlab.data.signatures import signatures
@@ -123,8 +123,7 @@ def suggestions(sections: dict[str, Section]) -> tuple[str, pd.DataFrame]:
             lines.append(f"{row.name}  # copy of group {row.group} ({row.kind}, {row.split})")
     outliers = sections.get("outliers")
     if outliers is not None and len(outliers.table):
-        for row in outliers.table.itertuples():
-            certain = "blank" in row.reasons or "aspect" in row.reasons
+        for row, certain in zip(outliers.table.itertuples(), unusable(outliers.table), strict=True):
             lines.append(f"{'' if certain else '# '}{row.name}  # {row.reasons}")
     labels = sections.get("labels")
     relabel = pd.DataFrame(columns=["name", "target", "label", "given", "p_given", "p_suggested"])
