@@ -240,3 +240,24 @@ def test_a_huge_photos_mask_is_computed_at_the_working_size_and_scaled_up_whole(
     assert max(Image.open(answer["overlay"]).size) == WORKING_SIDE
     small = answerer.answer(logits, Image.new("RGB", (400, 300)), 3, tmp_path, "small")
     assert Image.open(small["overlay"]).size == (400, 300)  # a usual photo: at its own size
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale_and_answered_at_its_own_size(tmp_path: Path):
+    from petlab.answers import decoded_side
+    from petlab.answers.segmentation import WORKING_SIDE, PetArea
+    from petlab.pictures import full_size, open_rgb
+
+    answerer = PetArea(["background", "pet", "border"], {"background": 2, "pet": 1, "border": 3})
+    exif = Image.Exif()
+    exif[0x0112] = 6  # taken on its side: shown a quarter turn
+    Image.new("RGB", (6000, 3000), (90, 120, 200)).save(tmp_path / "huge.jpg", exif=exif)
+    side = decoded_side(answerer, 224)
+    assert side == WORKING_SIDE
+    photo = open_rgb(tmp_path / "huge.jpg", upright=True, at_least=side)
+    assert photo.size == (1500, 3000) and full_size(photo) == (3000, 6000)  # half the scale, upright
+    logits = np.zeros((3, 8, 8), dtype=np.float32)
+    logits[1, :4] = 5  # the top half is the pet
+    answer = answerer.answer(logits, photo, 3, tmp_path, "huge")
+    assert np.asarray(Image.open(answer["mask"])).shape == (6000, 3000)  # the photo's own size
+    assert Image.open(answer["overlay"]).size == (512, 1024)
+    assert full_size(open_rgb(tmp_path / "huge.jpg")) == (6000, 3000)  # as stored

@@ -16,11 +16,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageDraw, ImageOps
 
 # Segmentation classes' tints, and the head boxes' outlines (the release's box in green, the model's in red).
 COLOURS = {"pet": (255, 0, 200), "background": (40, 90, 200), "border": (240, 240, 60)}
 TRUE_COLOUR, PREDICTED_COLOUR = (40, 200, 60), (230, 30, 30)
+
+
+# The key of an opened image's ``info`` that holds the photo's own (width, height), upright: a JPEG decoded at a
+# reduced scale is smaller than the photo its answers are about.
+FULL_SIZE = "petlab_full_size"
+# EXIF orientations that turn a photo a quarter turn (width and height swap).
+QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """The (width, height) of the photo ``image`` was decoded from (see :func:`open_rgb`)."""
+    return tuple(image.info.get(FULL_SIZE, image.size))
 
 
 def open_rgb(path: str | Path, upright: bool = False, at_least: int | None = None) -> Image.Image:
@@ -28,7 +40,8 @@ def open_rgb(path: str | Path, upright: bool = False, at_least: int | None = Non
 
     ``at_least``: a JPEG at least twice that side in both directions is decoded at a reduced scale (1/2 to
     1/8, PIL's draft mode) that keeps both sides at or above it: several times faster and smaller in memory
-    for a picture about to be shrunk to that side anyway; any other image is decoded whole.
+    for a picture about to be shrunk to that side anyway; any other image is decoded whole. The photo's own
+    size stays known (:func:`full_size`).
 
     ``upright`` turns it as its EXIF orientation says, as photo viewers show it: for new photos (a
     phone's). A dataset's own images stay as stored, because its trimaps and boxes follow the stored
@@ -36,16 +49,21 @@ def open_rgb(path: str | Path, upright: bool = False, at_least: int | None = Non
     """
     with Image.open(path) as opened:
         opened.seek(0)  # first frame of a GIF
+        width, height = opened.size
+        if upright and opened.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS:
+            width, height = height, width
         if at_least is not None:
             opened.draft(None, (at_least, at_least))
         image = ImageOps.exif_transpose(opened) if upright else opened
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             # Transparent pixels keep arbitrary colours underneath: composite on white instead.
             rgba = image.convert("RGBA")
-            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-            canvas.paste(rgba, mask=rgba.getchannel("A"))
-            return canvas
-        return image.convert("RGB")
+            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = image.convert("RGB")
+        rgb.info[FULL_SIZE] = (width, height)
+        return rgb
 
 
 def resized_pixels(image: Image.Image, side: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar
 from torch.utils.data import DataLoader
 
 from petlab.answer_log import PartWriter, Record, picture_stems
+from petlab.answers import decoded_side
 from petlab.answers.base import Answerer
 from petlab.checkpoint import Checkpoint
 from petlab.data.photos import UNREADABLE, PhotoDataset, collate_photos
@@ -27,7 +28,8 @@ def photo_dataset(checkpoint: Checkpoint, files: Sequence[Path], positions: Sequ
     """``files`` at ``positions`` as the checkpoint's model sees them (spatial tasks: the whole square)."""
     task = checkpoint.task
     transform = ItemTransform(checkpoint.side, crop=None if task.spatial else checkpoint.image_size)
-    return PhotoDataset(files, positions, transform, keep_photo=task.answerer().uses_photo())
+    answerer = task.answerer()
+    return PhotoDataset(files, positions, transform, answerer.uses_photo(), decoded_side(answerer, transform.side))
 
 
 def item_outputs(outputs: Any, row: int) -> Any:

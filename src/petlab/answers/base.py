@@ -39,6 +39,12 @@ class Answerer(ABC):
         JPEG is decoded only at the scale the model needs."""
         return True
 
+    def photo_side(self) -> int | None:
+        """The longest side at which :meth:`answer` reads the photo's pixels (None: as large as the photo): a
+        larger JPEG is decoded at a reduced scale that keeps it, the photo's own size given by
+        :func:`petlab.pictures.full_size`."""
+        return None
+
     def draws(self) -> bool:
         """Whether its answers come with pictures (given an output folder)."""
         return bool(self.picture_keys)
@@ -77,6 +83,15 @@ class Answerer(ABC):
         pictures = [answer[key] for key in self.picture_keys if key in answer]
         return [{"task": "", "answer": text, "details": details, "pictures": pictures,
                  "probabilities": self.probabilities(answer)}]  # fmt: skip
+
+
+def decoded_side(answerer: Answerer, model_side: int) -> int | None:
+    """The side a large JPEG is decoded at, at least (see :func:`petlab.pictures.open_rgb`), for a network that
+    reads ``model_side`` and ``answerer``'s answers: None to decode the photo whole."""
+    if not answerer.uses_photo():
+        return model_side
+    photo_side = answerer.photo_side()
+    return None if photo_side is None else max(model_side, photo_side)
 
 
 def answerer_from_spec(spec: dict[str, Any]) -> Answerer:

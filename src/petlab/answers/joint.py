@@ -27,6 +27,10 @@ class EveryTask(Answerer):
     def uses_photo(self) -> bool:
         return any(answerer.uses_photo() for answerer in self.answerers.values())
 
+    def photo_side(self) -> int | None:
+        sides = [answerer.photo_side() for answerer in self.answerers.values() if answerer.uses_photo()]
+        return None if None in sides or not sides else max(sides)
+
     def draws(self) -> bool:
         return any(answerer.draws() for answerer in self.answerers.values())
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from petlab.answers.base import Answer, Answerer
-from petlab.pictures import overlay, save_whole
+from petlab.pictures import full_size, overlay, save_whole
 
 WORKING_SIDE = 1024  # the longest side a photo's classes are computed at (see PetArea.answer)
 
@@ -46,22 +46,27 @@ class PetArea(Answerer):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "class_names": self.class_names, "trimap_values": self.trimap_values}
 
+    def photo_side(self) -> int:
+        return WORKING_SIDE
+
     def answer(self, outputs: Any, image: Any, top_k: int, output_dir: Path | None = None, stem: str = "") -> Answer:
         # A photo larger than WORKING_SIDE gets its classes at that size (the model saw far fewer pixels), its
-        # mask scaled up pixel by pixel to the photo's size, and an overlay at the working size: seconds and
-        # gigabytes less for a 6000 x 6000 photo, the same answer for a photo of usual size.
-        scale = min(1.0, WORKING_SIDE / max(image.width, image.height))
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        # mask scaled up pixel by pixel to the photo's size, and an overlay at the working size, from a JPEG
+        # decoded at a reduced scale: seconds and gigabytes less for a 6000 x 6000 photo, the same answer for
+        # a photo of usual size.
+        width, height = full_size(image)
+        scale = min(1.0, WORKING_SIDE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
         classes = full_size_classes(outputs, *size)
         answer: Answer = {"pet_fraction": round(float((classes == self.class_names.index("pet")).mean()), 4)}
         if output_dir is not None:
             values = np.array([self.trimap_values[name] for name in self.class_names], dtype=np.uint8)[classes]
             # The overlay is a photo: a JPEG, written 10-20x faster than a PNG of it.
             mask, picture = output_dir / f"{stem}_mask.png", output_dir / f"{stem}_overlay.jpg"
-            save_whole(Image.fromarray(values, mode="L").resize(image.size, Image.NEAREST), mask)
+            save_whole(Image.fromarray(values, mode="L").resize((width, height), Image.NEAREST), mask)
             photo = image.convert("RGB")
             if photo.size != size:
-                photo = photo.reduce(max(1, int(1 / scale) // 2)).resize(size, Image.BILINEAR)
+                photo = photo.reduce(max(1, photo.width // size[0] // 2)).resize(size, Image.BILINEAR)
             save_whole(overlay(np.asarray(photo), classes, self.class_names), picture)
             answer.update(mask=str(mask), overlay=str(picture))
         return answer

@@ -18,15 +18,16 @@ UNREADABLE = "not a readable image: skipped"
 
 
 class PhotoDataset(Dataset):
-    """``files`` at ``positions`` (their places in the whole input) as model inputs. With ``keep_photo`` an
-    item carries the decoded photo too, for answers measured or drawn at its size; without, a JPEG is
-    decoded at the smallest scale that keeps the model's side (see :func:`petlab.pictures.open_rgb`)."""
+    """``files`` at ``positions`` (their places in the whole input) as model inputs, a JPEG decoded at the
+    smallest scale that keeps ``decoded_side`` (None: whole; see :func:`petlab.pictures.open_rgb`). With
+    ``keep_photo`` an item carries the decoded photo too, for answers measured or drawn on it."""
 
     def __init__(
-        self, files: Sequence[Path], positions: Sequence[int], transform: ItemTransform, keep_photo: bool
+        self, files: Sequence[Path], positions: Sequence[int], transform: ItemTransform, keep_photo: bool,
+        decoded_side: int | None,
     ) -> None:  # fmt: skip
         self.files, self.positions = list(files), list(positions)
-        self.transform, self.keep_photo = transform, keep_photo
+        self.transform, self.keep_photo, self.decoded_side = transform, keep_photo, decoded_side
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -35,7 +36,7 @@ class PhotoDataset(Dataset):
         position = self.positions[item]
         side = self.transform.side
         try:
-            photo = load_rgb(self.files[position], upright=True, at_least=None if self.keep_photo else side)
+            photo = load_rgb(self.files[position], upright=True, at_least=self.decoded_side)
         except PetlabError:
             return {"position": position, "pixels": None, "photo": None}
         pixels = self.transform(torch.from_numpy(resized_pixels(photo, side)).permute(2, 0, 1))

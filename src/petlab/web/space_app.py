@@ -22,7 +22,7 @@ import onnxruntime
 from page import build_page, launch
 from PIL import Image
 
-from petlab.answers import answerer_from_spec
+from petlab.answers import answerer_from_spec, decoded_side
 from petlab.pictures import answers_folder, open_rgb, resized_pixels
 
 HERE = Path(__file__).resolve().parent
@@ -46,10 +46,11 @@ class ExportedModel:
     def answer_images(self, paths: list[str], output_dir: Path, top_k: int) -> list[dict[str, Any]]:
         """``petlab.predict``'s answers for ``paths``, as the page shows them (see ``page.shown``)."""
         output_dir.mkdir(parents=True, exist_ok=True)
+        at_least = decoded_side(self.answerer, self.spec["side"])
         results = []
         for index, path in enumerate(paths):
             try:
-                image = open_rgb(path, upright=True)
+                image = open_rgb(path, upright=True, at_least=at_least)
             except (OSError, Image.DecompressionBombError):
                 results.append({"image": path, "error": "not a readable image: skipped"})
                 continue
