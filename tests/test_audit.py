@@ -175,6 +175,27 @@ def test_exclude_relabel_and_dedupe_apply_without_touching_the_dataset(planted: 
     assert snapshot(planted) == before
 
 
+def test_the_hashes_dedupe_needs_are_computed_once_per_index(planted: Path, tmp_path: Path, monkeypatch):
+    import petlab.data.signatures as signatures_module
+
+    paths = sorted(str(path) for path in (planted / "images").glob("*.jpg"))[:6]
+    hashed: list[str] = []
+    computed = signatures_module.signatures
+
+    def counted(files: list[str]) -> list:
+        hashed.extend(files)
+        return computed(files)
+
+    monkeypatch.setattr(signatures_module, "signatures", counted)
+    first = signatures_module.cached_phashes(paths[:4], tmp_path, "index-1")
+    assert first == [signature(path).phashes for path in paths[:4]] and len(hashed) == 4
+    assert signatures_module.cached_phashes(paths[:4], tmp_path, "index-1") == first and len(hashed) == 4
+    signatures_module.cached_phashes(paths, tmp_path, "index-1")
+    assert hashed[4:] == paths[4:]  # only the new files
+    signatures_module.cached_phashes(paths[:1], tmp_path, "index-2")  # another index: hashed again
+    assert len(hashed) == 7
+
+
 def test_bad_curation_options_are_one_line_each(planted: Path, tmp_path: Path):
     relabel = tmp_path / "relabel.csv"
     relabel.write_text("name,target,label\nBengal_1,breed,beagle\n")

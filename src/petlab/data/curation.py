@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from petlab.data.signatures import DEFAULT_MAX_DISTANCE, close_pairs, groups_of, signatures
+from petlab.data.signatures import DEFAULT_MAX_DISTANCE, cached_phashes, close_pairs, groups_of
 from petlab.data.targets import Target
 from petlab.errors import PetlabError
 
@@ -106,13 +106,16 @@ class Curation:
             changed += int(replace.sum())
         return [f"{self.describe('data.relabel')}: {changed} labels changed."]
 
-    def dedupe_leaks(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    def dedupe_leaks(
+        self, frame: pd.DataFrame, cache_dir: Path | None = None, fingerprint: str = ""
+    ) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
         """``frame`` without the validation and test copies of photos that an earlier split has (train before
-        validation before test), and the note."""
+        validation before test), and the note; the pictures' hashes are cached with the index's
+        ``fingerprint`` (see :func:`cached_phashes`)."""
         if self.dedupe == "none":
             return frame, []
-        found = signatures(frame["path"].tolist())
-        pairs = close_pairs([signature.phashes for signature in found], DEFAULT_MAX_DISTANCE)
+        hashes = cached_phashes([str(path) for path in frame["path"]], cache_dir, fingerprint)
+        pairs = close_pairs(hashes, DEFAULT_MAX_DISTANCE)
         groups = pd.Series(groups_of(len(frame), pairs), index=frame.index)
         rank = frame["split"].map(SPLIT_RANK)
         first = rank.groupby(groups).transform("min")

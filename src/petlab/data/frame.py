@@ -155,7 +155,7 @@ def build_frame(
         splitting.folds, splitting.fold, carve_test=bool(carved),
     )  # fmt: skip
     unused = int((frame["split"] == "").sum())
-    frame, deduped = curation.dedupe_leaks(frame[frame["split"] != ""].copy())
+    frame, deduped = curation.dedupe_leaks(frame[frame["split"] != ""].copy(), cache_dir, fingerprint)
     notes += deduped
     if (frame["split"] == "train").sum() == 0 or (frame["split"] == "val").sum() == 0:
         raise PetlabError(f"{root} has too few images for a train and a validation split")

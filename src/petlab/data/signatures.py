@@ -12,14 +12,17 @@ would, at the price of many more false matches between photos of one breed.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy.fft import dctn
 
+from petlab.files import remove_stale_partials, write_text_atomic
 from petlab.parallel import parallel_map
 from petlab.pictures import open_rgb
 
@@ -79,6 +82,24 @@ def signature(path: str) -> Signature:
 def signatures(paths: Sequence[str]) -> list[Signature]:
     """Every file's :class:`Signature`, on every core, with a progress bar."""
     return list(parallel_map(signature, list(paths), "Hashing images"))
+
+
+def cached_phashes(paths: Sequence[str], cache_dir: Path | None, fingerprint: str) -> list[tuple[int, ...]]:
+    """Each file's :attr:`Signature.phashes`, kept in ``cache_dir/index`` under the index's ``fingerprint``
+    (the same files give the same hashes): a run's set-up hashes its images once, not at every start."""
+    if cache_dir is None or not fingerprint:
+        return [found.phashes for found in signatures(paths)]
+    cached = Path(cache_dir) / "index" / f"{hashlib.sha1(fingerprint.encode()).hexdigest()[:16]}-phashes.json"
+    try:
+        known = {path: tuple(hashes) for path, hashes in json.loads(cached.read_text()).items()}
+    except (OSError, ValueError):
+        known = {}
+    if missing := [path for path in dict.fromkeys(paths) if path not in known]:
+        known |= {path: found.phashes for path, found in zip(missing, signatures(missing), strict=True)}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(cached.parent)
+        write_text_atomic(cached, json.dumps(known))
+    return [known[path] for path in paths]
 
 
 def photo_distances(wholes: np.ndarray, crops: np.ndarray) -> np.ndarray:
