@@ -14,7 +14,7 @@ import yaml
 from petlab.cli import user_error
 from petlab.errors import PetlabError
 from petlab.optim import one_cycle
-from petlab.resume import check_resume, overrides_of
+from petlab.resume import check_resume, newest_training, overrides_of
 from petlab.train import train
 
 TINY = [
@@ -209,3 +209,24 @@ def test_a_run_killed_while_writing_its_final_files_completes_them_on_resume(mak
     for key in ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc", "test/acc", "epochs", "best_epoch"):
         assert completed[key] == whole[key], key
     assert json.loads((run / "metrics.json").read_text())["val/acc_best"] == whole["val/acc_best"]
+
+
+def test_the_newest_training_run_is_the_latest_started_or_checkpointed_that_trains(tmp_path: Path):
+    def run(name: str, config: str, moment: float, checkpoint_moment: float | None = None) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(config)
+        os.utime(folder / ".hydra" / "config.yaml", (moment, moment))
+        if checkpoint_moment is not None:
+            (folder / "checkpoints").mkdir()
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+            os.utime(folder / "checkpoints" / "last.ckpt", (checkpoint_moment, checkpoint_moment))
+        return folder
+
+    older = run("runs/older", "optimizer: {lr: 0.1}\n", 100, checkpoint_moment=400)
+    run("runs/newer", "optimizer: {lr: 0.1}\n", 300)
+    run("evaluations/latest", "ckpt_path: x\n", 500)  # not a training run
+    run("audits/latest", "optimizer: {lr: 0.1}\naudit: {}\n", 600)
+    run("runs/broken", "optimizer: [\n", 700)  # unreadable: skipped
+    assert newest_training(tmp_path) == older  # its checkpoint (400) is newer than the other's start (300)
+    assert newest_training(tmp_path / "nowhere") is None

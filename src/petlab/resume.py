@@ -70,21 +70,20 @@ def outputs_dir(overrides: Sequence[str]) -> Path:
 
 def newest_training(outputs: Path) -> Path | None:
     """The training run under ``outputs`` (a run, sweep job or trial: its config has an optimizer) that started
-    or saved a checkpoint last; evaluations and audits are not training runs."""
-    latest, newest = 0.0, None
+    or saved a checkpoint last; evaluations and audits are not training runs. Configs are read newest first,
+    until one is a training run's (not all of them, which on a disk of many runs took seconds)."""
+    moments = []
     for config in outputs.glob("**/.hydra/config.yaml"):
-        run = config.parent.parent
+        last = config.parent.parent / "checkpoints" / "last.ckpt"
+        moments.append((max(config.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0), config))
+    for _, config in sorted(moments, key=lambda moment: moment[0], reverse=True):
         try:
             content = yaml.safe_load(config.read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
-        if not isinstance(content, dict) or "optimizer" not in content or "audit" in content:
-            continue
-        last = run / "checkpoints" / "last.ckpt"
-        moment = max(config.stat().st_mtime, last.stat().st_mtime if last.is_file() else 0.0)
-        if moment > latest:
-            latest, newest = moment, run
-    return newest
+        if isinstance(content, dict) and "optimizer" in content and "audit" not in content:
+            return config.parent.parent
+    return None
 
 
 def latest_checkpoint(overrides: Sequence[str]) -> Path:
