@@ -45,8 +45,8 @@ def score(audit_dir: Path, planted_csv: Path) -> dict[str, dict[str, float]]:
         result["leaks"] = {"planted": len(true_pairs), "recall": sum(pair <= leaking for pair in joined) /
                            max(len(true_pairs), 1)}  # fmt: skip
     for section, kind in (("labels", "flipped"), ("outliers", "blank"), ("annotations", "annotation")):
-        table = _table(audit_dir, section)
-        if section in {path.stem for path in audit_dir.glob("*.csv")}:
+        if (audit_dir / f"{section}.csv").is_file():  # the section ran (its table may be empty)
+            table = _table(audit_dir, section)
             rows = by_kind.get(kind, planted.iloc[:0])
             result[section] = _rates(set(table["name"]) if len(table) else set(), set(rows["name"]))
     return result
