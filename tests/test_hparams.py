@@ -22,6 +22,6 @@ def test_an_evaluation_is_named_by_the_task_and_backbone_of_the_run_it_evaluates
     run = tmp_path / "runs" / "2026-12-05_10-00-00-000000_p1_breed_cnn"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("task:\n  name: breed\nmodel:\n  backbone:\n    name: resnet34\n")
-    assert evaluated_label(run / "checkpoints" / "last.ckpt") == "breed_resnet34"
-    assert evaluated_label(tmp_path / "downloaded model.ckpt") == "downloaded-model"  # no run's record
+    assert evaluated_label(run / "checkpoints" / "last.ckpt") == "_breed_resnet34"
+    assert evaluated_label(tmp_path / "downloaded model.ckpt") == "_downloaded-model"  # no run's record
     assert evaluated_label("") == ""

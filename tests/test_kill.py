@@ -129,6 +129,20 @@ def test_a_training_or_its_resume_killed_mid_way_or_in_the_final_phase_finishes_
     assert digests(clean_run) == untouched  # no command changed a run it was not asked to
 
 
+def test_a_run_that_stopped_early_and_was_killed_writing_its_files_trains_nothing_more(project: Path):
+    # Early stopping that never sees an improvement (min_delta above any accuracy gain): it stops after 2 of 3.
+    early = [argument for argument in TINY if argument != "callbacks.early_stopping=null"]
+    early += ["callbacks.early_stopping.patience=1", "+callbacks.early_stopping.min_delta=1.0"]
+    clean, run = project / "outputs" / "early_clean", project / "outputs" / "early_killed"
+    finish(project, "petlab", *early, f"hydra.run.dir={clean}")
+    assert json.loads((clean / "metrics.json").read_text())["epochs"] == 2
+    kill_when(project, (run / "per_class.csv").is_file, "petlab", *early, f"hydra.run.dir={run}")
+    assert not (run / "metrics.json").exists()
+    finish(project, "petlab", "ckpt_path=last", f"hydra.run.dir={run}")
+    assert results(run) == results(clean)  # not a third epoch
+    check_every_file_parses(run)
+
+
 def test_a_sweep_killed_mid_way_and_started_again_skips_what_completed_and_resumes_the_rest(
     project: Path, clean_run: Path
 ):

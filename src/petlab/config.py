@@ -80,7 +80,7 @@ LABEL_LENGTH = 100
 
 
 def evaluated_label(ckpt_path: Any) -> str:
-    """What an evaluation's folder name says it evaluated: the task and backbone of the run that wrote
+    """What an evaluation's folder name ends with: ``_`` and the task and backbone of the run that wrote
     ``ckpt_path`` (from the run's recorded config), else the checkpoint file's name; "" without one."""
     if not ckpt_path:
         return ""
@@ -90,7 +90,8 @@ def evaluated_label(ckpt_path: Any) -> str:
         label = f"{config.task.name}_{config.model.backbone.name}"
     except Exception:  # not a run's checkpoint (or its record is gone): the file's own name says enough
         label = path.stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")[:LABEL_LENGTH]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")[:LABEL_LENGTH]
+    return f"_{label}" if label else ""
 
 
 def sweep_label(overrides: Any) -> str:

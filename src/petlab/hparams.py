@@ -66,13 +66,17 @@ def hparams_of(cfg: DictConfig, run_name: str) -> dict[str, Any]:
 def write_session(
     tensorboard_dir: Path, params: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
 ) -> None:
-    """One HParams session in ``tensorboard_dir/hparams``: ``params`` with ``metrics`` (as scalars at ``step``)."""
+    """The HParams session in ``tensorboard_dir/hparams``: ``params`` with ``metrics`` (as scalars at ``step``),
+    in place of any earlier one."""
     # Imported here: a search's worker writes a failed trial's session and otherwise does without torch.
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
     _, start, end = hparams(dict(params), dict(metrics))
-    with SummaryWriter(str(tensorboard_dir / SESSION_FOLDER)) as writer:
+    folder = tensorboard_dir / SESSION_FOLDER
+    for earlier in folder.glob("events.out.tfevents.*"):  # a resumed run's earlier session: one row a run
+        earlier.unlink()
+    with SummaryWriter(str(folder)) as writer:
         writer.file_writer.add_summary(start, step)
         writer.file_writer.add_summary(end, step)
         for name, value in metrics.items():

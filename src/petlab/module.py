@@ -160,8 +160,8 @@ class PetModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A weights-only save (the best epoch's) skips the callbacks' hooks, so the averaged weights that
         # validation measured must be put in here.
-        averaged = self.averaging.averaged_weights() if self.averaging is not None else None
-        if "optimizer_states" not in checkpoint and averaged is not None:
+        weights_only = "optimizer_states" not in checkpoint
+        if weights_only and self.averaging is not None and (averaged := self.averaging.averaged_weights()) is not None:
             checkpoint["state_dict"] = averaged
         # What petlab.predict/evaluate check to recognise a petlab checkpoint (plain types only).
         checkpoint["petlab"] = {"format": CHECKPOINT_FORMAT, "data": self.data_config,

@@ -23,16 +23,18 @@ COLOURS = {"pet": (255, 0, 200), "background": (40, 90, 200), "border": (240, 24
 TRUE_COLOUR, PREDICTED_COLOUR = (40, 200, 60), (230, 30, 30)
 
 
-# The key of an opened image's ``info`` that holds the photo's own (width, height), upright: a JPEG decoded at a
-# reduced scale is smaller than the photo its answers are about.
+# The key of an opened image's ``info`` that holds the photo's own (width, height), upright, and the size it was
+# decoded at: a JPEG decoded at a reduced scale is smaller than the photo its answers are about.
 FULL_SIZE = "petlab_full_size"
 # EXIF orientations that turn a photo a quarter turn (width and height swap).
 QUARTER_TURNS = {5, 6, 7, 8}
 
 
 def full_size(image: Image.Image) -> tuple[int, int]:
-    """The (width, height) of the photo ``image`` was decoded from (see :func:`open_rgb`)."""
-    return tuple(image.info.get(FULL_SIZE, image.size))
+    """The (width, height) of the photo ``image`` was decoded from (see :func:`open_rgb`); an image made from
+    it since (resized, cropped: Pillow copies ``info``) is its own size."""
+    photo, decoded = image.info.get(FULL_SIZE, (image.size, image.size))
+    return tuple(photo) if tuple(decoded) == image.size else image.size
 
 
 def open_rgb(path: str | Path, upright: bool = False, at_least: int | None = None) -> Image.Image:
@@ -62,8 +64,18 @@ def open_rgb(path: str | Path, upright: bool = False, at_least: int | None = Non
             rgb.paste(rgba, mask=rgba.getchannel("A"))
         else:
             rgb = image.convert("RGB")
-        rgb.info[FULL_SIZE] = (width, height)
+        rgb.info[FULL_SIZE] = ((width, height), rgb.size)
         return rgb
+
+
+def open_photo(path: str | Path, network_side: int, photo_side: int | None) -> tuple[Image.Image, Image.Image]:
+    """A new photo, upright, decoded for the network (at the smallest JPEG scale that keeps ``network_side``,
+    as the training cache decodes) and for the answers (keeping ``photo_side``; None: whole): decoded once
+    when both are the same."""
+    for_network = open_rgb(path, upright=True, at_least=network_side)
+    if photo_side == network_side or full_size(for_network) == for_network.size:  # not reduced: the whole photo
+        return for_network, for_network
+    return for_network, open_rgb(path, upright=True, at_least=photo_side)
 
 
 def resized_pixels(image: Image.Image, side: int) -> np.ndarray:

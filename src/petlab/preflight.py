@@ -81,12 +81,14 @@ def check_config(cfg: DictConfig) -> dict[str, Any] | None:
             if key not in ("target", "configs") and value is not None}  # fmt: skip
     check_resume(settings, {**model, "task": task, "image_size": data.get("image_size")}, data, cfg.ckpt_path)
     refuse_finished_run(content, Path(cfg.ckpt_path), cfg.trainer.get("max_epochs"))
+    settings["stopped_early_after"] = trained_epochs(content) if stopped_early(content) else None
     return settings
 
 
 def trained_epochs(checkpoint: dict[str, Any]) -> int | None:
     """The epochs a Lightning checkpoint's fit loop had trained and validated (None for a checkpoint without its
-    loops). An epoch's checkpoint is written in its end-of-epoch hooks, before the loop counts it completed."""
+    loops). last.ckpt is written at the end of each training epoch (after its validation), before the loop
+    counts the epoch completed: the processed count is the epochs done."""
     try:
         return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError, ValueError):

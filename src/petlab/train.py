@@ -159,6 +159,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if resumed is not None:
         check_resume(resumed, dict(model.hparams), OmegaConf.to_container(cfg.data, resolve=True), cfg.ckpt_path)
+        if resumed["stopped_early_after"] is not None:
+            # Lightning restores early stopping's counters, not its decision: the run had ended, and a resume
+            # (killed while writing its final files) must train nothing more.
+            trainer.fit_loop.max_epochs = resumed["stopped_early_after"]
     if trainer.is_global_zero and datamodule.report is not None:
         datamodule.report.save(output_dir)
         if (experiment := tensorboard_writer(trainer)) is not None:
@@ -238,7 +242,7 @@ def log_hparams(
     so that TensorBoard's HParams tab ranks runs; a search's trial adds its ``status`` (completed, pruned)."""
     names = [task.best_metric, *(name for name in metrics if name.startswith("test/"))]
     values = {f"hp/{name}": metrics[name] for name in names if name in metrics}
-    params = {**hparams_of(cfg, Path(cfg.paths.output_dir).name), "params/total": metrics["params_total"]}
+    params = hparams_of(cfg, Path(cfg.paths.output_dir).name)
     if status is not None:
         params["status"] = status
     for logger in trainer.loggers:

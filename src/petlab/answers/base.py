@@ -40,9 +40,9 @@ class Answerer(ABC):
         return True
 
     def photo_side(self) -> int | None:
-        """The longest side at which :meth:`answer` reads the photo's pixels (None: as large as the photo): a
-        larger JPEG is decoded at a reduced scale that keeps it, the photo's own size given by
-        :func:`petlab.pictures.full_size`."""
+        """The side that both of the photo's sides keep, at least, for :meth:`answer` to read its pixels (None:
+        the photo as large as it is): a larger JPEG is decoded at a reduced scale that keeps it, the photo's
+        own size given by :func:`petlab.pictures.full_size`."""
         return None
 
     def draws(self) -> bool:
@@ -86,8 +86,8 @@ class Answerer(ABC):
 
 
 def decoded_side(answerer: Answerer, model_side: int) -> int | None:
-    """The side a large JPEG is decoded at, at least (see :func:`petlab.pictures.open_rgb`), for a network that
-    reads ``model_side`` and ``answerer``'s answers: None to decode the photo whole."""
+    """The side a large JPEG is decoded keeping, at least (see :func:`petlab.pictures.open_rgb`), for
+    ``answerer``'s answers beside a network that reads ``model_side``: None to decode the photo whole."""
     if not answerer.uses_photo():
         return model_side
     photo_side = answerer.photo_side()

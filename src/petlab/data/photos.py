@@ -8,26 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from petlab.data.transforms import ItemTransform, load_rgb
 from petlab.errors import PetlabError
-from petlab.pictures import resized_pixels
+from petlab.pictures import open_photo, resized_pixels
 
 UNREADABLE = "not a readable image: skipped"
 
 
 class PhotoDataset(Dataset):
-    """``files`` at ``positions`` (their places in the whole input) as model inputs, a JPEG decoded at the
-    smallest scale that keeps ``decoded_side`` (None: whole; see :func:`petlab.pictures.open_rgb`). With
-    ``keep_photo`` an item carries the decoded photo too, for answers measured or drawn on it."""
+    """``files`` at ``positions`` (their places in the whole input) as model inputs, decoded as the training
+    cache decodes them (a JPEG at the smallest scale that keeps the model's side). With ``keep_photo`` an item
+    carries the photo too, for answers measured or drawn on it, decoded keeping ``photo_side`` (None: whole;
+    see :func:`petlab.pictures.open_photo`)."""
 
     def __init__(
         self, files: Sequence[Path], positions: Sequence[int], transform: ItemTransform, keep_photo: bool,
-        decoded_side: int | None,
+        photo_side: int | None,
     ) -> None:  # fmt: skip
         self.files, self.positions = list(files), list(positions)
-        self.transform, self.keep_photo, self.decoded_side = transform, keep_photo, decoded_side
+        self.transform, self.keep_photo, self.photo_side = transform, keep_photo, photo_side
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -36,11 +38,14 @@ class PhotoDataset(Dataset):
         position = self.positions[item]
         side = self.transform.side
         try:
-            photo = load_rgb(self.files[position], upright=True, at_least=self.decoded_side)
-        except PetlabError:
+            if self.keep_photo:
+                for_network, photo = open_photo(self.files[position], side, self.photo_side)
+            else:
+                for_network, photo = load_rgb(self.files[position], upright=True, at_least=side), None
+        except (OSError, Image.DecompressionBombError, PetlabError):
             return {"position": position, "pixels": None, "photo": None}
-        pixels = self.transform(torch.from_numpy(resized_pixels(photo, side)).permute(2, 0, 1))
-        return {"position": position, "pixels": pixels, "photo": photo if self.keep_photo else None}
+        pixels = self.transform(torch.from_numpy(resized_pixels(for_network, side)).permute(2, 0, 1))
+        return {"position": position, "pixels": pixels, "photo": photo}
 
 
 def collate_photos(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

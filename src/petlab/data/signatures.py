@@ -26,6 +26,7 @@ from petlab.files import remove_stale_partials, write_text_atomic
 from petlab.parallel import parallel_map
 from petlab.pictures import open_rgb
 
+SIGNATURE_VERSION = 1  # raise it when the hashes change (HASH_SIDE, CROPS, perceptual_hash): cached ones go stale
 HASH_SIDE = 32  # the greyscale picture the DCT sees
 HASH_FREQUENCIES = 8  # its lowest 8 x 8 frequencies give the 64 bits
 THUMBNAIL_SIDE = 8
@@ -89,7 +90,8 @@ def cached_phashes(paths: Sequence[str], cache_dir: Path | None, fingerprint: st
     (the same files give the same hashes): a run's set-up hashes its images once, not at every start."""
     if cache_dir is None or not fingerprint:
         return [found.phashes for found in signatures(paths)]
-    cached = Path(cache_dir) / "index" / f"{hashlib.sha1(fingerprint.encode()).hexdigest()[:16]}-phashes.json"
+    key = f"{SIGNATURE_VERSION}\0{fingerprint}"
+    cached = Path(cache_dir) / "index" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}-phashes.json"
     try:
         known = {path: tuple(hashes) for path, hashes in json.loads(cached.read_text()).items()}
     except (OSError, ValueError):

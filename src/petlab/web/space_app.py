@@ -23,7 +23,7 @@ from page import build_page, launch
 from PIL import Image
 
 from petlab.answers import answerer_from_spec, decoded_side
-from petlab.pictures import answers_folder, open_rgb, resized_pixels
+from petlab.pictures import answers_folder, open_photo, resized_pixels
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,15 +46,15 @@ class ExportedModel:
     def answer_images(self, paths: list[str], output_dir: Path, top_k: int) -> list[dict[str, Any]]:
         """``petlab.predict``'s answers for ``paths``, as the page shows them (see ``page.shown``)."""
         output_dir.mkdir(parents=True, exist_ok=True)
-        at_least = decoded_side(self.answerer, self.spec["side"])
+        photo_side = decoded_side(self.answerer, self.spec["side"])
         results = []
         for index, path in enumerate(paths):
             try:
-                image = open_rgb(path, upright=True, at_least=at_least)
+                for_network, image = open_photo(path, self.spec["side"], photo_side)
             except (OSError, Image.DecompressionBombError):
                 results.append({"image": path, "error": "not a readable image: skipped"})
                 continue
-            arrays = self.session.run(None, {"images": self.pixels(image)[None]})
+            arrays = self.session.run(None, {"images": self.pixels(for_network)[None]})
             outputs = self.answerer.from_arrays([array[0] for array in arrays])
             answer = self.answerer.answer(outputs, image, top_k, output_dir, f"{index}_{Path(path).stem}")
             results.append({"image": path, "answer": answer, "views": self.answerer.views(answer)})
