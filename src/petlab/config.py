@@ -79,6 +79,11 @@ def share_fixed_keys(overrides: list[str]) -> None:
 LABEL_LENGTH = 100
 
 
+def folder_safe(text: str) -> str:
+    """``text`` with each run of characters other than letters, digits, ``.``, ``_`` and ``-`` made one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
 def evaluated_label(ckpt_path: Any) -> str:
     """What an evaluation's folder name ends with: ``_`` and the task and backbone of the run that wrote
     ``ckpt_path`` (from the run's recorded config), else the checkpoint file's name; "" without one."""
@@ -90,7 +95,7 @@ def evaluated_label(ckpt_path: Any) -> str:
         label = f"{config.task.name}_{config.model.backbone.name}"
     except Exception:  # not a run's checkpoint (or its record is gone): the file's own name says enough
         label = path.stem
-    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")[:LABEL_LENGTH]
+    label = folder_safe(label)[:LABEL_LENGTH]
     return f"_{label}" if label else ""
 
 
@@ -103,7 +108,7 @@ def sweep_label(overrides: Any) -> str:
     fixed = set(json.loads(os.environ.get(FIXED_KEYS_VARIABLE, "[]")))
     varied = [str(item).lstrip("+~") for item in overrides]
     varied = [item for item in varied if item.split("=", 1)[0] not in fixed]
-    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", item).strip("-") for item in varied]
+    parts = [folder_safe(item) for item in varied]
     # Whole key-value pairs up to LABEL_LENGTH, then how many more: a name is never cut inside a key.
     label = parts[0][:LABEL_LENGTH] if parts else ""
     kept = 1 if parts else 0
