@@ -116,6 +116,18 @@ def official_test_notes(frame: pd.DataFrame, targets: dict[str, Target], carved:
     return notes
 
 
+def refuse_repeated_targets(frame: pd.DataFrame, targets: dict[str, Target], root: Path, layout: str) -> None:
+    """Refuse a joint task two of whose targets read the same values for every image (species and breed of a
+    folder dataset, which has one label: the class folder): its heads would learn one thing twice."""
+    keys = list(targets)
+    for position, first in enumerate(keys):
+        for second in keys[position + 1 :]:
+            if frame[f"value/{first}"].equals(frame[f"value/{second}"]) and frame[f"value/{first}"].ne("").any():
+                why = " (a folder-per-class dataset has one label: its class folder)" if layout == "folder" else ""
+                raise PetlabError(f"task.tasks {first} and {second} read the same values for every image of "
+                                  f"{root}{why}: keep one of them")  # fmt: skip
+
+
 def build_frame(
     root: Path, layout: str, targets: dict[str, Target], single: bool, splitting: Splitting,
     cache_dir: Path | None = None, max_pixels: int | None = None, curation: Curation | None = None,
@@ -136,6 +148,7 @@ def build_frame(
     for key, target in targets.items():
         found = annotations(target, root, layout, frame, cache_dir, fingerprint)
         frame[f"value/{key}"], frame[f"problem/{key}"] = found["value"], found["problem"]
+    refuse_repeated_targets(frame, targets, root, layout)
     notes += curation.relabel_in(frame, targets)
     carved = carved_targets(frame, targets, splitting.split)
     for key, target in targets.items():
