@@ -212,6 +212,25 @@ def test_a_run_of_it_resumes(share_run: Path, tmp_path: Path):
     assert metrics["epochs"] == EPOCHS + 1 and metrics["task"] == "pet_share"
 
 
+def test_the_bench_measures_its_pipelines_with_the_config_folder_given(discs_root: Path, tmp_path: Path):
+    bench = ["--quick", "--model", "cnn", "--workers", "0", "--root", str(discs_root), "--json"]
+    own = ["--task", "pet_share", "--config-dir", str(EXAMPLE / "conf")]
+    whole = petlab("petlab.bench", *bench, *own, cwd=tmp_path)  # the default crops change the share: refused
+    assert whole.returncode == 2 and "data.crop_margin=0" in whole.stderr and "\n" not in whole.stderr.strip()
+    result = petlab("petlab.bench", *bench, *own, "experiment=pet_share", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["task"] == "pet_share" and figures["b_warm_img_s"] > 0 and figures["d_end_to_end_fp32_img_s"] > 0
+    unfound = petlab("petlab.bench", *bench, "--task", "pet_share", cwd=tmp_path)
+    problem = unfound.stderr.strip()
+    assert unfound.returncode == 2 and "\n" not in problem and "--config-dir" in problem, problem
+    assert "choose one of breed, head_box, joint, segmentation, species" in problem, problem
+    wrong = petlab("petlab.bench", *bench, *own, "data.nosuch=1", cwd=tmp_path)
+    assert (
+        wrong.returncode == 2 and wrong.stderr.startswith("error: data.nosuch=1: ") and "\n" not in wrong.stderr.strip()
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

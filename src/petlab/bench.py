@@ -33,8 +33,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
@@ -47,7 +49,6 @@ from petlab.data.datamodule import PetDataModule, resolve_num_workers
 from petlab.data.frame import stored_values
 from petlab.data.items import CachedImageDataset, ItemTargets, by_key, collate
 from petlab.data.transforms import (
-    DEFAULT_CROP_MARGIN,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ItemTransform,
@@ -155,16 +156,22 @@ class _StepTimer(L.Callback):
             self.images += len(batch[1])
 
 
-def training_default(group: str) -> DictConfig:
-    """The config of ``group`` (data, optimizer, ...) that a training run uses unless told otherwise."""
-    defaults = OmegaConf.load(config_dir() / "train.yaml").defaults
-    choice = next(entry[group] for entry in defaults if isinstance(entry, DictConfig) and group in entry)
-    return OmegaConf.load(config_dir() / group / f"{choice}.yaml")
-
-
-def default_augmentation() -> dict[str, Any]:
-    """``data.augment`` as the data config sets it: what a training run does unless told otherwise."""
-    return OmegaConf.to_container(training_default("data").augment)
+def training_config(
+    task: str = "species", config_dirs: Sequence[Path] = (), overrides: Sequence[str] = ()
+) -> DictConfig:
+    """The config ``python -m petlab task=TASK OVERRIDES`` composes, with the user's config folders
+    (``--config-dir``): the bench measures its task, data augmentation, crop margin and optimiser."""
+    options = config_options("task", config_dirs)
+    if task not in options:
+        raise PetlabError(f"--task {task} is not a task config: choose one of {', '.join(options)}, predict or "
+                          "audit (a task of your own: --config-dir DIR, the folder of its task/NAME.yaml)")  # fmt: skip
+    search = ",".join(f"file://{Path(folder).resolve()}" for folder in config_dirs)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            return compose("train", overrides=[f"hydra.searchpath=[{search}]", f"task={task}", *overrides])
+        except (HydraException, OmegaConfBaseException) as error:
+            raise PetlabError(f"{' '.join(overrides)}: {str(error).splitlines()[0]}") from error
 
 
 def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.device, precision: str,
@@ -178,13 +185,6 @@ def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.devic
     )  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     return timer.images / (timer.finished - timer.started)
-
-
-def bench_task(name: str) -> Task:
-    """The task of ``conf/task/NAME.yaml`` (any task, a joint one included) as a training run builds it."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return build_task(compose("train", overrides=[f"task={name}"]).task)
 
 
 def loader_options(batch_size: int, workers: int, targets: Any) -> dict[str, Any]:
@@ -201,12 +201,12 @@ def notebook_pipeline(paths: Sequence[str], targets: ItemTargets, image_size: in
 
 def petlab_pipeline(
     paths: Sequence[str], values: dict[str, list[Any]], targets: Any, image_size: int, batch_size: int,
-    workers: int, cache_dir: Path,
+    workers: int, cache_dir: Path, data: DictConfig,
 ) -> dict[str, float]:  # fmt: skip
     """(b): images per second of petlab's pipeline cold (building the decoded-image cache, and the caches of
-    per-pixel targets), warm (as validation reads it) and warm with the default training augmentation (here
-    on the CPU, in this process; in training on the training device)."""
-    side = resized_side(image_size, DEFAULT_CROP_MARGIN)
+    per-pixel targets), warm (as validation reads it) and warm with the training augmentation of ``data``
+    (here on the CPU, in this process; in training on the training device)."""
+    side = resized_side(image_size, data.crop_margin)
     store, seconds = build_cache(paths, side, cache_path(cache_dir, paths, side, "bench"))
     images_seconds = seconds
     started = time.perf_counter()
@@ -226,7 +226,7 @@ def petlab_pipeline(
         return DataLoader(dataset, **loader_options(batch_size, workers, targets))
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    augmentation = BatchAugmentation.from_config(image_size, default_augmentation())
+    augmentation = BatchAugmentation.from_config(image_size, OmegaConf.to_container(data.augment))
 
     def normalised(images: torch.Tensor, batch_targets: Any) -> torch.Tensor:
         return normalize_batch(images, mean, std)
@@ -258,7 +258,7 @@ def repeated(targets: Any, count: int) -> Any:
 
 def model_throughput(
     task: Task, datamodule: PetDataModule, model: str, device: torch.device, precision: str, steps: int,
-    repeats: int,
+    repeats: int, optimizer: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """(c) and (d): the model's compute bound and petlab's end-to-end training, in fp32 with contiguous
     tensors (what training did before bfloat16) and in this device's default, alternately, ``repeats`` times
@@ -266,7 +266,6 @@ def model_throughput(
     image_size, batch_size = datamodule.image_size, datamodule.batch_size
     default = resolve_precision(precision, device.type)
     results: dict[str, Any] = {"precision": default}
-    optimizer = instantiate(training_default("optimizer"))
     for name, (chosen, channels_last) in {"fp32": ("32-true", False), "default": (default, AUTO)}.items():
         module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean, datamodule.std,
                            channels_last=channels_last, optimizer=optimizer)  # fmt: skip
@@ -294,19 +293,23 @@ def move(targets: Any, device: torch.device) -> Any:
 def run_bench(
     root: Path, model: str = "resnet34", image_size: int = 128, batch_size: int = 32, images: int = 512,
     workers: int | str = "auto", steps: int = 10, precision: str = AUTO, accelerator: str = "auto", repeats: int = 3,
-    task: str = "species",
+    task: str = "species", config_dirs: Sequence[Path] = (), overrides: Sequence[str] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """Measure (a)-(d) for ``task`` (any task of ``conf/task``) on the first ``images`` images of ``root``
-    that have its targets; return the figures. Every pipeline carries the task's targets, as its kinds say
-    (a label is a number; a per-pixel mask is read, resized and cached as the images are)."""
+    """Measure (a)-(d) for ``task`` (any task of ``conf/task`` or of the user's ``config_dirs``, with the data
+    and optimiser settings of a training run with ``overrides``) on the first ``images`` images of ``root``
+    that have its targets; return the figures. Every pipeline carries the task's
+    targets, as their kinds say (a label is a number; a per-pixel mask is read, resized and cached as the images
+    are)."""
     notebook_workers, workers = resolve_num_workers(workers), resolve_num_workers(workers, cached=True)
     if not root.is_dir():
         raise PetlabError(f"no dataset at {root}: give --root DIR (`make sample` writes data/sample-pets)")
-    built = bench_task(task)
+    training = training_config(task, config_dirs, overrides)
+    built = build_task(training.task)
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
         datamodule = PetDataModule(root, targets=built.targets(), image_size=image_size, batch_size=batch_size,
-                                   num_workers=workers, augment=default_augmentation(), cache_dir=cache_dir,
+                                   num_workers=workers, augment=OmegaConf.to_container(training.data.augment),
+                                   crop_margin=training.data.crop_margin, cache_dir=cache_dir,
                                    split="random")  # fmt: skip
         datamodule.setup("fit")
         frame = datamodule.frame.head(images)
@@ -320,8 +323,9 @@ def run_bench(
         item_targets = ItemTargets(built.targets(), values)
         results["a_notebook_img_s"] = notebook_pipeline(paths, item_targets, image_size, batch_size, notebook_workers)
         results.update(petlab_pipeline(paths, values, built.targets(), image_size, batch_size, workers,
-                                       Path(cache_dir)))  # fmt: skip
-        results.update(model_throughput(built, datamodule, model, device, precision, steps, repeats))
+                                       Path(cache_dir), training.data))  # fmt: skip
+        results.update(model_throughput(built, datamodule, model, device, precision, steps, repeats,
+                                        instantiate(training.optimizer)))  # fmt: skip
     results["speedup_c_default_over_fp32"] = results["c_compute_default_img_s"] / results["c_compute_fp32_img_s"]
     results["speedup_d_default_over_fp32"] = results["d_end_to_end_default_img_s"] / results["d_end_to_end_fp32_img_s"]
     results["ratio_b_warm_over_a"] = results["b_warm_img_s"] / results["a_notebook_img_s"]
@@ -339,12 +343,13 @@ PREDICTED_TASKS = ("species", "segmentation")  # a label per photo, and a mask (
 def prediction_checkpoint(root: Path, task_name: str, model: str, image_size: int, directory: Path) -> Path:
     """A checkpoint of ``model`` for ``task_name`` after one training step on ``root``: the bench measures
     how fast answers come, not how good they are."""
-    task = bench_task(task_name)
+    training = training_config(task_name)
+    task = build_task(training.task)
     datamodule = PetDataModule(root, targets=task.targets(), image_size=image_size, batch_size=8, num_workers=0,
                                cache_dir=directory / "cache", split="random", augment={})  # fmt: skip
     datamodule.setup("fit")
     module = PetModule({"name": model, "pretrained": False}, task, image_size, datamodule.mean, datamodule.std,
-                       optimizer=instantiate(training_default("optimizer")))  # fmt: skip
+                       optimizer=instantiate(training.optimizer))  # fmt: skip
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False, accelerator="cpu",
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, datamodule)
@@ -481,11 +486,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--task",
         default="species",
-        choices=[*config_options("task"), "predict", "audit"],
-        help="any task of conf/task: its targets travel every pipeline, as their kinds say (default species); "
+        help=f"a task config ({', '.join(config_options('task'))}, or one of your own with --config-dir): its "
+        "targets travel every pipeline, as their kinds say (default species); "
         "predict: petlab.predict's throughput over --root's photos against the model alone, for a species and a "
         "segmentation model; audit: petlab.audit's time on --root, and with a planted sample (petlab.data.sample "
         "--plant-faults) the precision and recall of each section",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of your own configs (its task/NAME.yaml), as for python -m petlab; may be given again",
     )
     parser.add_argument(
         "--epochs",
@@ -508,11 +520,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: 64 images, 64 px, 2 steps, 1 repeat")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="settings of the training run to measure, as for python -m petlab (e.g. experiment=NAME "
+        "data.augment.policy=none): its data augmentation, crop margin and optimiser",
+    )
     args = parser.parse_args(argv)
     quiet_console()
     if args.quick:
         args.images, args.image_size, args.steps, args.batch_size, args.repeats = 64, 64, 2, 16, 1
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
+    if args.overrides and args.task in ("predict", "audit"):
+        parser.exit(2, f"error: {' '.join(args.overrides)}: training settings are for a task's bench, not --task "
+                       f"{args.task}\n")  # fmt: skip
     if args.task == "audit":
         run, show = partial(run_audit_bench, args.root, args.model, args.image_size, args.epochs), print_audit_results
     elif args.task == "predict":
@@ -522,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         show = print_predict_results
     else:
         run = partial(run_bench, args.root, args.model, args.image_size, args.batch_size, args.images, workers,
-                      args.steps, args.precision, args.accelerator, args.repeats, args.task)  # fmt: skip
+                      args.steps, args.precision, args.accelerator, args.repeats, args.task,
+                      args.config_dir, args.overrides)  # fmt: skip
         show = print_training_results
     try:
         results = run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -28,9 +29,12 @@ def config_dir() -> Path:
     return Path(os.environ.get("PETLAB_CONFIG_DIR") or CHECKOUT_DIR / "conf").resolve()
 
 
-def config_options(group: str) -> list[str]:
-    """The options of a config group (``model`` -> cnn, resnet34, ...); files starting with _ are shared parts."""
-    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml") if not path.stem.startswith("_"))
+def config_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
+    """The options of a config group (``model`` -> cnn, resnet34, ...) in petlab's configs and in config folders
+    of the user's (``extra_dirs``, as ``--config-dir`` adds them); files starting with _ are shared parts."""
+    folders = [config_dir(), *map(Path, extra_dirs)]
+    found = {path.stem for folder in folders for path in (folder / group).glob("*.yaml")}
+    return sorted(name for name in found if not name.startswith("_"))
 
 
 def config_groups_help() -> str:
