@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import run_module
 from petlab.cli import user_error
 from petlab.errors import PetlabError
 from petlab.train import train
@@ -36,11 +37,13 @@ def test_help_and_composed_config_work_from_any_directory(tmp_path: Path):
     assert composed.returncode == 0 and "name: breed" in composed.stdout
 
 
-def test_unknown_model_lists_the_valid_ones(tmp_path: Path):
+def test_an_unknown_option_or_key_is_one_line_that_says_what_to_give(tmp_path: Path):
     result = petlab("model=vgg", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Available options in 'model'" in result.stderr and "resnet50" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "model=vgg is not a config of model: choose one of cnn, convnext_tiny," in result.stderr
+    assert "resnet50 (a config of your own: --config-dir DIR" in result.stderr and "_base" not in result.stderr
+    key = run_module("petlab.predict", "data.nosuch=1", cwd=tmp_path)
+    assert key.returncode == 2 and key.stderr.count("\n") == 1 and "+data.nosuch=1" in key.stderr, key.stderr
 
 
 def test_missing_dataset_is_one_line_without_traceback(tmp_path: Path):

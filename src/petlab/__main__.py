@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from petlab.cli import exit_if_jobs_failed, user_facing
+from petlab.cli import exit_if_jobs_failed, one_line_config_errors, user_facing
 from petlab.config import config_dir, share_fixed_keys, share_run_id
 from petlab.errors import PetlabError
 from petlab.resolvers import register_resolvers
@@ -17,6 +17,7 @@ from petlab.slurm import use_queue_when_no_accounting
 register_resolvers()
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 @user_facing
 def train_job(cfg: DictConfig) -> float | None:

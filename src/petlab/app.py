@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from petlab.checks import switch, whole_number
-from petlab.cli import plugins, require, user_facing
+from petlab.cli import one_line_config_errors, plugins, require, user_facing
 from petlab.config import config_dir
 from petlab.errors import PetlabError, user_error
 from petlab.resolvers import register_resolvers
@@ -143,6 +143,7 @@ def page_text(checkpoint: Any) -> tuple[str, str]:
     return f"petlab: {question}", description
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="app")
 @user_facing
 def main(cfg: DictConfig) -> None:

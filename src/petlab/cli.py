@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from petlab.errors import PetlabError, user_error
 from petlab.jobs import mark_failed
@@ -141,6 +143,45 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
                 return None
             discard_failed_start(str(problem))
             raise SystemExit(2) from None
+
+    return wrapper
+
+
+def config_error(error: CompactHydraException) -> str:
+    """Hydra's message for a config it could not compose, in one line: for an unknown option of a config
+    group, the options there are (Hydra's own list also shows the shared parts, named _*)."""
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        options = ", ".join(name for name in error.options if not name.startswith("_"))
+        return (f"{group}={option} is not a config of {group}: choose one of {options} (a config of your own: "
+                f"--config-dir DIR, the folder of its {group}/NAME.yaml)")  # fmt: skip
+    cause = str(error.__cause__) if isinstance(error.__cause__, OmegaConfBaseException) else ""
+    lines = [line.strip().rstrip(".") for line in f"{error}\n{cause}".splitlines()]
+    details = ("full_key:", "object_type=", "reference_type=", "Set the environment variable")
+    said = ". ".join(line for line in lines if line and not line.startswith(details))
+    return f"{error.override}: {said}" if isinstance(error, OverrideParseException) else said
+
+
+def one_line_config_errors(entry: Callable[..., Result]) -> Callable[..., Result]:
+    """Run a ``@hydra.main`` entry point so that a config Hydra cannot compose (an unknown option, a key that
+    is not there, an override it cannot parse) prints one line and exits 2, instead of Hydra's listing of
+    options and search path. With HYDRA_FULL_ERROR set by the user, Hydra reports as it does."""
+
+    @functools.wraps(entry)
+    def wrapper(*args: Any, **kwargs: Any) -> Result:
+        asked = os.environ.get("HYDRA_FULL_ERROR")
+        if asked == "1":
+            return entry(*args, **kwargs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+        try:
+            return entry(*args, **kwargs)
+        except CompactHydraException as error:
+            print(f"error: {config_error(error)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR")
+            if asked is not None:
+                os.environ["HYDRA_FULL_ERROR"] = asked
 
     return wrapper
 

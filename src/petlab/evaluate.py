@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from petlab.checks import switch
-from petlab.cli import plugins, require, user_facing
+from petlab.cli import one_line_config_errors, plugins, require, user_facing
 from petlab.config import config_dir
 from petlab.devices import check_devices
 from petlab.errors import PetlabError
@@ -72,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 @user_facing
 def main(cfg: DictConfig) -> None:

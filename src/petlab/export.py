@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from petlab.checks import whole_number
-from petlab.cli import plugins, require, user_facing
+from petlab.cli import one_line_config_errors, plugins, require, user_facing
 from petlab.config import config_dir
 from petlab.errors import PetlabError
 from petlab.files import partial_path, remove_stale_partials, write_text_atomic
@@ -219,6 +219,7 @@ It computes in fp32, as `petlab.predict precision=32-true` does.
 """
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 @user_facing
 def main(cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig
 
 from petlab.answer_log import answered, output_format, parts_dir, picture_stems, records_of, write_merged
 from petlab.checks import switch, whole_number
-from petlab.cli import plugins, require, user_facing
+from petlab.cli import one_line_config_errors, plugins, require, user_facing
 from petlab.config import config_dir, run_id, share_run_id
 from petlab.devices import check_devices, gpu_count
 from petlab.errors import PetlabError
@@ -152,6 +152,7 @@ def answer_files(
     return stems if trainer.is_global_zero else None
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 @user_facing
 def main(cfg: DictConfig) -> None:

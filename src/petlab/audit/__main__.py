@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from petlab.cli import user_facing
+from petlab.cli import one_line_config_errors, user_facing
 from petlab.config import config_dir
 from petlab.resolvers import register_resolvers
 
@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 register_resolvers()
 
 
+@one_line_config_errors
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="audit")
 @user_facing
 def main(cfg: DictConfig) -> None:
