@@ -7,7 +7,7 @@ SAMPLE := data/sample-pets
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install sample demo train audit test test-fast bench app lint format tensorboard clean
+.PHONY: help install sample demo train audit test test-slow test-all bench app lint format tensorboard clean
 
 help: ## Show this list of targets
 	@echo "Usage: make TARGET [ARGS='hydra overrides']"
@@ -34,11 +34,17 @@ train: $(STAMP) ## Train with Hydra overrides, e.g. make train ARGS="task=breed 
 audit: $(STAMP) ## Audit a dataset (duplicates, leaks, label errors, outliers), e.g. make audit ARGS="data=sample"
 	$(BIN)/python -m petlab.audit $(ARGS)
 
-test: $(STAMP) ## Run the test suite (what CI runs)
-	$(BIN)/python -m pytest $(ARGS)
+# A test process per core (at most 4); a file's tests run in one process, which builds its fixtures once.
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile
 
-test-fast: $(STAMP) ## Run the tests not marked slow
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+test: $(STAMP) ## Run the test suite but the slow end-to-end tests (~12 min on 2 cores), a process per core
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) ## Run the slow end-to-end tests: kills, sweeps, searches on SLURM and PostgreSQL (~20 min)
+	$(BIN)/python -m pytest $(PARALLEL) -m slow $(ARGS)
+
+test-all: $(STAMP) ## Run every test (what CI runs: make test, then make test-slow)
+	$(BIN)/python -m pytest $(PARALLEL) $(ARGS)
 
 bench: sample ## Data pipeline, training and (--task predict) prediction throughput, e.g. make bench ARGS="--root DIR --model cnn"
 	$(BIN)/python -m petlab.bench $(ARGS)

@@ -141,6 +141,7 @@ def test_export_never_overwrites(trained_run: Path, tmp_path: Path):
     assert result.returncode == 2 and "already exists" in result.stderr and target.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_what_a_killed_export_left_never_blocks_or_passes_for_a_result(trained_run: Path, tmp_path: Path):
     import socket
 

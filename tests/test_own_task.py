@@ -212,6 +212,7 @@ def test_a_run_of_it_resumes(share_run: Path, tmp_path: Path):
     assert metrics["epochs"] == EPOCHS + 1 and metrics["task"] == "pet_share"
 
 
+@pytest.mark.slow
 def test_the_bench_measures_its_pipelines_with_the_config_folder_given(discs_root: Path, tmp_path: Path):
     bench = ["--quick", "--model", "cnn", "--workers", "0", "--root", str(discs_root), "--json"]
     own = ["--task", "pet_share", "--config-dir", str(EXAMPLE / "conf")]

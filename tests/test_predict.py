@@ -43,6 +43,7 @@ def predict(checkpoint: str, images: Path, *options: str, cwd: Path) -> subproce
     return run_module("petlab.predict", f"ckpt_path={checkpoint}", f"images={images}", *options, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_with_workers_and_without_give_identical_answer_files(
     trained_run: Path, photos: Path, tmp_path: Path
 ):
@@ -70,6 +71,7 @@ def test_one_and_two_processes_with_workers_and_without_give_identical_answer_fi
     assert list(rows["top/0/class"]) == [line["top"][0]["class"] if "top" in line else "" for line in lines]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_and_answers_every_image_exactly_once(
     segmentation_run: Path, photos: Path, tmp_path: Path
 ):
