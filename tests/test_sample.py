@@ -67,3 +67,16 @@ def test_every_image_has_a_release_style_trimap_and_trainval_images_a_head_box(s
     pet = np.argwhere(np.asarray(trimap) == 1)
     assert box["xmin"] - 1 <= pet[:, 1].min() and pet[:, 1].max() <= box["xmax"] - 1
     assert box["ymin"] - 1 <= pet[:, 0].min() and pet[:, 0].max() <= box["ymax"] - 1
+
+
+def test_the_trimaps_uncertain_band_is_the_outline_widened_by_a_32nd_of_the_side_each_way():
+    from petlab.data.sample import draw_pet, trimap
+
+    _, silhouette = draw_pet("Bengal", 1, 96, seed=0)
+    reach = 96 // 32  # the band's half width
+    pet = np.pad(np.asarray(silhouette) > 0, reach)
+    windows = np.lib.stride_tricks.sliding_window_view(pet, (2 * reach + 1, 2 * reach + 1))
+    everywhere, anywhere = windows.all(axis=(-1, -2)), windows.any(axis=(-1, -2))
+    labels = np.asarray(trimap(silhouette))
+    assert (labels == 1).tolist() == everywhere.tolist() and (labels == 2).tolist() == (~anywhere).tolist()
+    assert 0 < (labels == 3).sum() < 0.2 * labels.size

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import track
+from skimage.morphology import dilation, erosion, footprint_rectangle
 
 from petlab.data.labels import ALL_BREEDS, breed_id, class_id, species_id, species_of
 
@@ -139,8 +140,11 @@ def trimap(silhouette: Image.Image) -> Image.Image:
     """The release's trimap of a silhouette: 1 pet, 2 background, 3 a band of about size/32 px each side of
     the outline (the blurred edge, which the release leaves uncertain too)."""
     width = 2 * max(1, silhouette.width // 32) + 1
-    inside = np.asarray(silhouette.filter(ImageFilter.MinFilter(width))) > 0
-    reach = np.asarray(silhouette.filter(ImageFilter.MaxFilter(width))) > 0
+    # A square's erosion and dilation as two 1-D passes: PIL's rank filters take width^2 steps a pixel
+    # (a second per image at 500 px).
+    band = footprint_rectangle((width, width), decomposition="separable")
+    pet = np.asarray(silhouette) > 0
+    inside, reach = erosion(pet, band, mode="nearest"), dilation(pet, band, mode="nearest")
     labels = np.full(inside.shape, 2, dtype=np.uint8)
     labels[reach] = 3
     labels[inside] = 1
