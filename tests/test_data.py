@@ -275,7 +275,9 @@ def test_a_folder_dataset_with_one_class_is_refused(tmp_path: Path):
 def test_a_folder_dataset_refuses_a_joint_task_of_species_and_breed(tmp_path: Path):
     source = generate_sample(tmp_path / "pets", per_breed=4, size=32)
     root = folder_dataset(tmp_path / "folders", source, {"train": 6})
-    with pytest.raises(PetlabError, match=r"species and breed read the same values .* class folder.*keep one"):
+    with pytest.raises(
+        PetlabError, match=r"task.tasks species and breed both read the class folder of .*: keep one of them"
+    ):
         datamodule(root, tmp_path, target=["species", "breed"], layout="folder", split="random")
     assert datamodule(root, tmp_path, target="breed", layout="folder", split="random").class_names == ["bengal", "pug"]
 

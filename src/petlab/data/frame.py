@@ -116,16 +116,16 @@ def official_test_notes(frame: pd.DataFrame, targets: dict[str, Target], carved:
     return notes
 
 
-def refuse_repeated_targets(frame: pd.DataFrame, targets: dict[str, Target], root: Path, layout: str) -> None:
-    """Refuse a joint task two of whose targets read the same values for every image (species and breed of a
-    folder dataset, which has one label: the class folder): its heads would learn one thing twice."""
-    keys = list(targets)
-    for position, first in enumerate(keys):
-        for second in keys[position + 1 :]:
-            if frame[f"value/{first}"].equals(frame[f"value/{second}"]) and frame[f"value/{first}"].ne("").any():
-                why = " (a folder-per-class dataset has one label: its class folder)" if layout == "folder" else ""
-                raise PetlabError(f"task.tasks {first} and {second} read the same values for every image of "
-                                  f"{root}{why}: keep one of them")  # fmt: skip
+def refuse_repeated_targets(targets: dict[str, Target], root: Path, layout: str) -> None:
+    """Refuse a joint task two of whose targets read the same thing of the dataset (species and breed of a
+    folder dataset, whose one label is the class folder): its heads would learn one thing twice."""
+    readers: dict[tuple[type, str], str] = {}
+    for key, target in targets.items():
+        source = target.source(layout)
+        if source and (type(target), source) in readers:
+            raise PetlabError(f"task.tasks {readers[type(target), source]} and {key} both read {source} of {root}: "
+                              "keep one of them")  # fmt: skip
+        readers[type(target), source] = key
 
 
 def build_frame(
@@ -140,6 +140,7 @@ def build_frame(
         if problem := target.missing_from(root, layout):
             instead = "" if single else f", or leave {key} out of task.tasks"
             raise PetlabError(f"{reader(key, target, single)}: {problem}{instead}")
+    refuse_repeated_targets(targets, root, layout)
     index = build_index(root, cache_dir, layout, *([max_pixels] if max_pixels else []))
     fingerprint = index.attrs.get("fingerprint", "")
     kept, excluded, notes = curation.exclude_from(index)
@@ -148,7 +149,6 @@ def build_frame(
     for key, target in targets.items():
         found = annotations(target, root, layout, frame, cache_dir, fingerprint)
         frame[f"value/{key}"], frame[f"problem/{key}"] = found["value"], found["problem"]
-    refuse_repeated_targets(frame, targets, root, layout)
     notes += curation.relabel_in(frame, targets)
     carved = carved_targets(frame, targets, splitting.split)
     for key, target in targets.items():

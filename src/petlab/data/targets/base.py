@@ -70,6 +70,11 @@ class Target(ABC):
 
     # What the dataset has ---------------------------------------------------------------------------
 
+    def source(self, layout: str) -> str:
+        """What of a dataset in ``layout`` the values are read from, in words (the class folder), so that a joint
+        task of two targets of one kind reading the same is refused; "" where no two can."""
+        return ""
+
     def missing_from(self, root: Path, layout: str) -> str:
         """Why the dataset at ``root`` (``layout``: pets or folder) has none of these targets at all, and
         what to use instead; "" when it may have them."""

@@ -45,6 +45,9 @@ class Label(Target):
     def column(self, layout: str) -> str:
         return self.name if layout == "pets" else "label"
 
+    def source(self, layout: str) -> str:
+        return f"the {self.name} in the file names" if layout == "pets" else "the class folder"
+
     def missing_from(self, root: Path, layout: str) -> str:
         if layout == "pets" and self.name not in ("species", "breed"):
             return f"the Oxford-IIIT Pet layout labels images by species and breed: task.target={self.name} is not one"
