@@ -37,13 +37,17 @@ def test_help_and_composed_config_work_from_any_directory(tmp_path: Path):
     assert composed.returncode == 0 and "name: breed" in composed.stdout
 
 
-def test_an_unknown_option_or_key_is_one_line_that_says_what_to_give(tmp_path: Path):
+def test_an_unknown_option_or_key_is_one_line_that_says_what_to_give(tmp_path: Path, monkeypatch):
     result = petlab("model=vgg", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "model=vgg is not a config of model: choose one of cnn, convnext_tiny," in result.stderr
     assert "resnet50 (a config of your own: --config-dir DIR" in result.stderr and "_base" not in result.stderr
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     key = run_module("petlab.predict", "data.nosuch=1", cwd=tmp_path)
     assert key.returncode == 2 and key.stderr.count("\n") == 1 and "+data.nosuch=1" in key.stderr, key.stderr
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the user asks for Hydra's whole report: they get it
+    full = run_module("petlab", "model=vgg", cwd=tmp_path)
+    assert full.returncode == 1 and "MissingConfigException" in full.stderr and "Traceback" in full.stderr
 
 
 def test_missing_dataset_is_one_line_without_traceback(tmp_path: Path):

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    CompactHydraException,
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -121,6 +127,9 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
     @functools.wraps(job)
     def wrapper(cfg: DictConfig) -> Any:
         quiet_console()
+        raising = os.environ.get(FULL_ERROR)
+        if FULL_ERROR in users_full_error:  # the job, and the processes it starts, see the user's own setting
+            set_full_error(users_full_error[FULL_ERROR])
         try:
             return job(cfg)
         except BrokenPipeError:  # the reader of the output went away (| head): stop as a shell command does
@@ -143,8 +152,23 @@ def user_facing(job: Callable[[DictConfig], Result]) -> Callable[[DictConfig], R
                 return None
             discard_failed_start(str(problem))
             raise SystemExit(2) from None
+        finally:
+            set_full_error(raising)
 
     return wrapper
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
+# The user's HYDRA_FULL_ERROR (None: unset) while an entry point of one_line_config_errors runs.
+users_full_error: dict[str, str | None] = {}
+
+
+def set_full_error(value: str | None) -> None:
+    """Set HYDRA_FULL_ERROR to ``value``, or unset it for None."""
+    if value is None:
+        os.environ.pop(FULL_ERROR, None)
+    else:
+        os.environ[FULL_ERROR] = value
 
 
 def config_error(error: CompactHydraException) -> str:
@@ -169,19 +193,19 @@ def one_line_config_errors(entry: Callable[..., Result]) -> Callable[..., Result
 
     @functools.wraps(entry)
     def wrapper(*args: Any, **kwargs: Any) -> Result:
-        asked = os.environ.get("HYDRA_FULL_ERROR")
+        asked = os.environ.get(FULL_ERROR)
         if asked == "1":
             return entry(*args, **kwargs)
-        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+        users_full_error[FULL_ERROR] = asked
+        set_full_error("1")  # Hydra raises its errors instead of printing them (jobs run with the user's setting)
         try:
             return entry(*args, **kwargs)
-        except CompactHydraException as error:
+        except (ConfigCompositionException, OverrideParseException, SearchPathException) as error:
             print(f"error: {config_error(error)}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
-            os.environ.pop("HYDRA_FULL_ERROR")
-            if asked is not None:
-                os.environ["HYDRA_FULL_ERROR"] = asked
+            users_full_error.clear()
+            set_full_error(asked)
 
     return wrapper
 
