@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from petlab.bench import run_bench
+from petlab.bench import augmentation_of, main, run_bench, training_config
 
 PIPELINES = (
     "a_notebook_img_s",
@@ -54,3 +54,18 @@ def test_the_quick_bench_command_prints_its_figures(sample_root: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["image_size"] == 64 and all(figures[key] > 0 for key in PIPELINES)
+
+
+def test_the_bench_takes_the_training_runs_settings_and_refuses_what_it_cannot_use(sample_root: Path, capsys):
+    assert augmentation_of(training_config("species", overrides=["data.augment=null"]).data) == {}
+    assert training_config("species", overrides=["data.crop_margin=0.3"]).data.crop_margin == 0.3
+    for arguments, message in [
+        (["--task", "predict", "data.crop_margin=0"], "data.crop_margin=0: a task's training settings, which --task "
+         "predict does not take"),
+        (["--task", "nosuch"], "--task nosuch is not a task config: choose one of breed, head_box"),
+        (["model=nosuch"], "model=nosuch is not a config of model: choose one of cnn"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            main(["--root", str(sample_root), *arguments])
+        problem = capsys.readouterr().err
+        assert exited.value.code == 2 and message in problem and problem.count("\n") == 1, problem

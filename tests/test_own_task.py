@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import compose_config, synthetic_pets
 from petlab.checkpoint import load_checkpoint
 from petlab.errors import PetlabError, user_error
+from petlab.tasks.base import build_task
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 EXAMPLE = CHECKOUT / "examples" / "pet_share"
@@ -210,6 +211,17 @@ def test_a_run_of_it_resumes(share_run: Path, tmp_path: Path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["epochs"] == EPOCHS + 1 and metrics["task"] == "pet_share"
+
+
+def test_the_bench_composes_a_joint_task_with_it_as_training_does(monkeypatch):
+    from petlab.bench import training_config
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    training = training_config("joint", [EXAMPLE / "conf"], ["task.tasks=[species,pet_share]", "experiment=pet_share"])
+    assert sorted(build_task(training.task).targets()) == ["pet_share", "species"]
+    assert training.data.crop_margin == 0 and training.data.augment.rotation == 0
+    with pytest.raises(PetlabError, match=r"--config-dir /nowhere is not a folder"):
+        training_config("pet_share", [Path("/nowhere")])
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from petlab.data.labels import ALL_BREEDS
 from petlab.data.sample import generate_sample, main
@@ -80,3 +80,11 @@ def test_the_trimaps_uncertain_band_is_the_outline_widened_by_a_32nd_of_the_side
     labels = np.asarray(trimap(silhouette))
     assert (labels == 1).tolist() == everywhere.tolist() and (labels == 2).tolist() == (~anywhere).tolist()
     assert 0 < (labels == 3).sum() < 0.2 * labels.size
+    # A pet cut by the photo's edge: the band follows the edge as PIL's square rank filters do.
+    cut = Image.new("L", (96, 64), 0)
+    ImageDraw.Draw(cut).ellipse([-30, 10, 50, 90], fill=255)
+    width = 2 * (96 // 32) + 1
+    inside = np.asarray(cut.filter(ImageFilter.MinFilter(width))) > 0
+    around = np.asarray(cut.filter(ImageFilter.MaxFilter(width))) > 0
+    labels = np.asarray(trimap(cut))
+    assert (labels == 1).tolist() == inside.tolist() and (labels == 2).tolist() == (~around).tolist()

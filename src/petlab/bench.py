@@ -33,15 +33,15 @@ from typing import Any
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as v1
 
-from petlab.cli import quiet_console
+from petlab.cli import config_error, quiet_console
 from petlab.config import config_dir, config_options, project_root
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import build_cache, cache_path, target_cache_path
@@ -61,6 +61,7 @@ from petlab.module import PetModule, normalize_batch
 from petlab.parallel import core_count
 from petlab.precision import AUTO, autocast, resolve_precision, uses_channels_last
 from petlab.resolvers import register_resolvers
+from petlab.resume import quoted
 from petlab.tasks.base import Task, build_task, fp32
 
 Batch = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, targets) -> images
@@ -161,17 +162,33 @@ def training_config(
 ) -> DictConfig:
     """The config ``python -m petlab task=TASK OVERRIDES`` composes, with the user's config folders
     (``--config-dir``): the bench measures its task, data augmentation, crop margin and optimiser."""
+    for folder in config_dirs:
+        if not Path(folder).is_dir():
+            raise PetlabError(f"--config-dir {folder} is not a folder: give the folder of your task/NAME.yaml")
     options = config_options("task", config_dirs)
     if task not in options:
         raise PetlabError(f"--task {task} is not a task config: choose one of {', '.join(options)}, predict or "
                           "audit (a task of your own: --config-dir DIR, the folder of its task/NAME.yaml)")  # fmt: skip
-    search = ",".join(f"file://{Path(folder).resolve()}" for folder in config_dirs)
+    search = ",".join(quoted(f"file://{Path(folder).resolve()}") for folder in config_dirs)
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
-            return compose("train", overrides=[f"hydra.searchpath=[{search}]", f"task={task}", *overrides])
-        except (HydraException, OmegaConfBaseException) as error:
-            raise PetlabError(f"{' '.join(overrides)}: {str(error).splitlines()[0]}") from error
+            training = compose("train", overrides=[f"hydra.searchpath=[{search}]", f"task={task}", *overrides],
+                               return_hydra_config=True)  # fmt: skip
+        except (ConfigCompositionException, OverrideParseException) as error:
+            raise PetlabError(config_error(error)) from error
+        # A joint task composes its tasks as a run does: in the config path with the user's folders.
+        HydraConfig.instance().set_config(training)
+        try:
+            OmegaConf.resolve(training.task)
+        finally:
+            HydraConfig.instance().cfg = None
+    return training
+
+
+def augmentation_of(data: DictConfig) -> dict[str, Any]:
+    """``data.augment`` of a training config as a dict (``data.augment=null``: none)."""
+    return OmegaConf.to_container(data.augment) if data.augment else {}
 
 
 def end_to_end(module: PetModule, datamodule: PetDataModule, device: torch.device, precision: str,
@@ -226,7 +243,7 @@ def petlab_pipeline(
         return DataLoader(dataset, **loader_options(batch_size, workers, targets))
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    augmentation = BatchAugmentation.from_config(image_size, OmegaConf.to_container(data.augment))
+    augmentation = BatchAugmentation.from_config(image_size, augmentation_of(data))
 
     def normalised(images: torch.Tensor, batch_targets: Any) -> torch.Tensor:
         return normalize_batch(images, mean, std)
@@ -308,7 +325,7 @@ def run_bench(
     device = torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="petlab-bench-") as cache_dir:
         datamodule = PetDataModule(root, targets=built.targets(), image_size=image_size, batch_size=batch_size,
-                                   num_workers=workers, augment=OmegaConf.to_container(training.data.augment),
+                                   num_workers=workers, augment=augmentation_of(training.data),
                                    crop_margin=training.data.crop_margin, cache_dir=cache_dir,
                                    split="random")  # fmt: skip
         datamodule.setup("fit")
@@ -527,14 +544,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="settings of the training run to measure, as for python -m petlab (e.g. experiment=NAME "
         "data.augment.policy=none): its data augmentation, crop margin and optimiser",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     quiet_console()
     if args.quick:
         args.images, args.image_size, args.steps, args.batch_size, args.repeats = 64, 64, 2, 16, 1
     workers = int(args.workers) if str(args.workers).isdigit() else args.workers
-    if args.overrides and args.task in ("predict", "audit"):
-        parser.exit(2, f"error: {' '.join(args.overrides)}: training settings are for a task's bench, not --task "
-                       f"{args.task}\n")  # fmt: skip
+    if (args.overrides or args.config_dir) and args.task in ("predict", "audit"):
+        given = " ".join([*(f"--config-dir {folder}" for folder in args.config_dir), *args.overrides])
+        parser.exit(2, f"error: {given}: a task's training settings, which --task {args.task} does not take\n")
     if args.task == "audit":
         run, show = partial(run_audit_bench, args.root, args.model, args.image_size, args.epochs), print_audit_results
     elif args.task == "predict":

@@ -55,7 +55,7 @@ def last_value(overrides: Sequence[str], key: str) -> str | None:
     return value
 
 
-def quoted(path: Path) -> str:
+def quoted(path: str | Path) -> str:
     """``path`` as a value of Hydra's override grammar, whatever characters it holds."""
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
