@@ -290,6 +290,8 @@ def test_a_folder_dataset_refuses_a_joint_task_of_species_and_breed(tmp_path: Pa
         ({"split": "kfold"}, "data.split"),
         ({"val_fraction": 1.2}, "val_fraction"),
         ({"crop_margin": 2}, "data.crop_margin"),
+        ({"crop_margin": "wide"}, "data.crop_margin='wide' is not valid: it must be a number >= 0"),
+        ({"val_fraction": "some"}, "data.val_fraction='some' is not valid: it must be a number >= 0"),
         ({"augment": {"crop_scale": [0.9, 0.5]}}, "data.augment.crop_scale"),
         ({"augment": {"auto_augment": "v0"}}, "unknown data.augment option auto_augment"),
     ],

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from petlab.checks import whole_number
+from petlab.checks import real_number, whole_number
 from petlab.data.augment import BatchAugmentation
 from petlab.data.cache import build_cache, cache_path, target_cache_path
 from petlab.data.curation import Curation
@@ -145,7 +145,7 @@ class PetDataModule(L.LightningDataModule):
         self.augment = dict(augment or {})
         self.download = download
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        if not 0 <= crop_margin <= 1:
+        if real_number("data.crop_margin", crop_margin, 0.0) > 1:
             raise PetlabError(f"data.crop_margin={crop_margin} must be between 0 and 1 (0.15: 15% larger)")
         self.crop_margin, self.side = crop_margin, resized_side(image_size, crop_margin)
         self.cache = bool(cache) and self.cache_dir is not None

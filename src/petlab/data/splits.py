@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from petlab.checks import real_number
 from petlab.errors import PetlabError
 
 SPLITS = ("official", "random")
@@ -57,6 +58,8 @@ def assign_splits(
         raise PetlabError(f"data.folds={folds} data.fold={fold}: need folds >= 2 and 0 <= fold < folds")
     if split not in SPLITS:
         raise PetlabError(f"unknown data.split={split!r}: choose one of {', '.join(SPLITS)}")
+    real_number("data.val_fraction", val_fraction, 0.0)
+    real_number("data.test_fraction", test_fraction, 0.0)
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise PetlabError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be fractions "
