@@ -63,7 +63,9 @@ def test_the_bench_takes_the_training_runs_settings_and_refuses_what_it_cannot_u
         (["--task", "predict", "data.crop_margin=0"], "data.crop_margin=0: a task's training settings, which --task "
          "predict does not take"),
         (["--task", "nosuch"], "--task nosuch is not a task config: choose one of breed, head_box"),
-        (["model=nosuch"], "model=nosuch is not a config of model: choose one of cnn"),
+        (["data.crop_margin=nosuch"], "data.crop_margin='nosuch' is not valid: it must be a number"),
+        (["--task", "species", "model=resnet50"], "model=resnet50: the bench sets this with --model"),
+        (["data.image_size=64"], "data.image_size=64: the bench sets this with --image-size"),
     ]:  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             main(["--root", str(sample_root), *arguments])

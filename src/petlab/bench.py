@@ -491,6 +491,12 @@ def print_audit_results(results: dict[str, Any]) -> None:
         print(f"  planted {section:<12} {shown}")
 
 
+# Settings of a training run that the bench takes as options of its own (the rest of a run's are not measured).
+OWN_OPTIONS = {"model": "--model", "data.image_size": "--image-size", "data.batch_size": "--batch-size",
+               "data.num_workers": "--workers", "trainer.precision": "--precision",
+               "trainer.accelerator": "--accelerator", "data.root": "--root"}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -552,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (args.overrides or args.config_dir) and args.task in ("predict", "audit"):
         given = " ".join([*(f"--config-dir {folder}" for folder in args.config_dir), *args.overrides])
         parser.exit(2, f"error: {given}: a task's training settings, which --task {args.task} does not take\n")
+    for override in args.overrides:
+        key = override.lstrip("+~").split("=")[0]
+        option = next((option for prefix, option in OWN_OPTIONS.items()
+                       if key == prefix or key.startswith(f"{prefix}.")), None)  # fmt: skip
+        if option:
+            parser.exit(2, f"error: {override}: the bench sets this with {option}\n")
     if args.task == "audit":
         run, show = partial(run_audit_bench, args.root, args.model, args.image_size, args.epochs), print_audit_results
     elif args.task == "predict":
