@@ -37,10 +37,10 @@ audit: $(STAMP) ## Audit a dataset (duplicates, leaks, label errors, outliers), 
 # A test process per core (at most 4); a file's tests run in one process, which builds its fixtures once.
 PARALLEL := -n auto --maxprocesses 4 --dist loadfile
 
-test: $(STAMP) ## Run the test suite but the slow end-to-end tests (~12 min on 2 cores), a process per core
+test: $(STAMP) ## Run the test suite but the slow end-to-end tests (~13 min on 2 cores), a process per core
 	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(ARGS)
 
-test-slow: $(STAMP) ## Run the slow end-to-end tests: kills, sweeps, searches on SLURM and PostgreSQL (~20 min)
+test-slow: $(STAMP) ## Run the slow end-to-end tests: kills, sweeps, searches on SLURM and PostgreSQL (~14 min)
 	$(BIN)/python -m pytest $(PARALLEL) -m slow $(ARGS)
 
 test-all: $(STAMP) ## Run every test (what CI runs: make test, then make test-slow)

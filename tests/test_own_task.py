@@ -239,9 +239,9 @@ def test_the_bench_measures_its_pipelines_with_the_config_folder_given(discs_roo
     assert unfound.returncode == 2 and "\n" not in problem and "--config-dir" in problem, problem
     assert "choose one of breed, head_box, joint, segmentation, species" in problem, problem
     wrong = petlab("petlab.bench", *bench, *own, "data.nosuch=1", cwd=tmp_path)
-    assert (
-        wrong.returncode == 2 and wrong.stderr.startswith("error: data.nosuch=1: ") and "\n" not in wrong.stderr.strip()
-    )
+    problem = wrong.stderr.strip()
+    assert wrong.returncode == 2 and "'data.nosuch'" in problem and "+data.nosuch=1" in problem, problem
+    assert "\n" not in problem, problem
 
 
 @pytest.mark.parametrize(
